@@ -1,0 +1,220 @@
+"""Diffusion Transformer (DiT), after Peebles & Xie, "Scalable Diffusion Models with Transformers"
+(ICCV 2023, arXiv:2212.09748).
+
+The image is cut into non-overlapping ``patch x patch`` tokens (a ViT, Dosovitskiy et al. 2021)
+with a fixed 2-D sine-cosine position embedding (as in MAE, He et al. 2022).  The timestep and
+class embeddings are summed into one conditioning vector ``c`` that modulates every block through
+*adaLN-Zero*: the LayerNorms have no affine parameters; a per-block linear map of ``c`` produces
+shift, scale and a residual gate for both the attention and the MLP branch, and that map starts at
+zero, so every block starts as the identity and the network starts by predicting zeros.
+
+Unlike the paper's ImageNet models this variant predicts only the mean/noise/velocity target (no
+learned variance channels), so the output has the same shape as the input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import LabelEmbedder, TimestepEmbedder, batch_times
+
+__all__ = ["DIT_SIZES", "DiT", "sincos_pos_embed_2d"]
+
+# (depth, hidden size, heads).  S/B/L/XL are the paper's Table 1; "tiny" is our CPU-sized model.
+DIT_SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (4, 128, 4),
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+}
+
+
+def _sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """(N,) positions -> (N, dim) features: dim/2 sines then dim/2 cosines."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    angles = positions.to(torch.float64)[:, None] * omega[None, :]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embedding, shape (grid_h * grid_w, dim), row-major tokens.
+
+    Half of the channels encode the row index and half the column index; ``dim`` must be a
+    multiple of 4.  Computed in float64 (then cast) so it does not depend on the model's dtype.
+    """
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos position embedding needs dim divisible by 4, got {dim}")
+    rows, cols = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
+    emb_rows = _sincos_1d(dim // 2, rows.reshape(-1))
+    emb_cols = _sincos_1d(dim // 2, cols.reshape(-1))
+    return torch.cat([emb_rows, emb_cols], dim=1).float()
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    # (1 + scale) so that a zero modulation leaves the normalised activations unchanged.
+    return x * (1 + scale[:, None, :]) + shift[:, None, :]
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection and PyTorch's fused SDPA kernel."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden size {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        # (B, N, 3, heads, head_dim) -> three tensors of (B, heads, N, head_dim)
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm transformer block conditioned by adaLN-Zero (DiT paper, section 3.2)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = SelfAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        # One projection yields shift/scale/gate for attention and for the MLP.
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.modulation(c).chunk(6, dim=1)
+        x = x + gate_a[:, None, :] * self.attn(_modulate(self.norm1(x), shift_a, scale_a))
+        x = x + gate_m[:, None, :] * self.mlp(_modulate(self.norm2(x), shift_m, scale_m))
+        return x
+
+
+class FinalLayer(nn.Module):
+    """adaLN-modulated LayerNorm then a linear map from tokens to patch pixels."""
+
+    def __init__(self, dim: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.modulation(c).chunk(2, dim=1)
+        return self.linear(_modulate(self.norm(x), shift, scale))
+
+
+class DiT(nn.Module):
+    """Diffusion Transformer: ``net(x (B,C,H,W), t (B,), y (B,) | None) -> (B,C,H,W)``.
+
+    Args:
+        input_size: spatial size H (= W), or an ``(H, W)`` pair; each must be divisible by
+            ``patch_size``.  The position embedding is fixed to this grid.
+        in_channels: image/latent channels C (output has the same number).
+        patch_size: token side length (2, 4 or 8 in the paper).
+        depth, hidden_size, num_heads, mlp_ratio: transformer size.
+        num_classes: 0 for an unconditional net; otherwise labels 0..num_classes-1, plus the null
+            class ``num_classes`` used for ``y=None`` and for label dropout.
+        class_dropout: probability, in training mode only, of replacing a label by the null class.
+    """
+
+    def __init__(
+        self,
+        *,
+        input_size: int | tuple[int, int],
+        in_channels: int,
+        patch_size: int = 2,
+        depth: int = 4,
+        hidden_size: int = 128,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        num_classes: int = 0,
+        class_dropout: float = 0.1,
+        frequency_dim: int = 256,
+    ):
+        super().__init__()
+        height, width = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        if height % patch_size or width % patch_size:
+            raise ValueError(f"DiT input size {height}x{width} is not divisible by patch size {patch_size}")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        self.input_size = (height, width)
+        self.in_channels = in_channels
+        self.out_channels = in_channels
+        self.patch_size = patch_size
+        self.num_classes = num_classes
+        # Always num_classes, so generic CFG code can pass it; unconditional nets ignore labels anyway.
+        self.null_class = num_classes
+        self.grid = (height // patch_size, width // patch_size)
+
+        self.patch_embed = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+        # Fixed, so a buffer; not persistent, so checkpoints stay independent of how it is computed.
+        self.register_buffer(
+            "pos_embed", sincos_pos_embed_2d(hidden_size, *self.grid)[None], persistent=False
+        )
+        self.t_embed = TimestepEmbedder(hidden_size, frequency_dim)
+        self.y_embed = LabelEmbedder(num_classes, hidden_size, class_dropout) if num_classes > 0 else None
+        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
+        self.final = FinalLayer(hidden_size, patch_size, self.out_channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """DiT initialisation: xavier-uniform linears, N(0, 0.02) embeddings, zeroed adaLN and output."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        # The patch conv is a linear map of the flattened patch; initialise it as one.
+        w = self.patch_embed.weight
+        bound = math.sqrt(6.0 / (w.shape[0] + w[0].numel()))
+        nn.init.uniform_(w, -bound, bound)
+        nn.init.zeros_(self.patch_embed.bias)
+        for layer in (self.t_embed.mlp[0], self.t_embed.mlp[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+        if self.y_embed is not None:
+            nn.init.normal_(self.y_embed.table.weight, std=0.02)
+        # adaLN-Zero: every residual branch is gated shut and the output map is zero at init.
+        for block in self.blocks:
+            nn.init.zeros_(block.modulation[1].weight)
+            nn.init.zeros_(block.modulation[1].bias)
+        for layer in (self.final.modulation[1], self.final.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, h*w, p*p*C) row-major tokens -> (B, C, h*p, w*p) image."""
+        b = tokens.shape[0]
+        (h, w), p, c = self.grid, self.patch_size, self.out_channels
+        x = tokens.reshape(b, h, w, p, p, c)
+        return torch.einsum("bhwpqc->bchpwq", x).reshape(b, c, h * p, w * p)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        force_drop_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if x.ndim != 4 or tuple(x.shape[1:]) != (self.in_channels, *self.input_size):
+            raise ValueError(
+                f"DiT built for inputs (B, {self.in_channels}, {self.input_size[0]}, {self.input_size[1]}), "
+                f"got {tuple(x.shape)}"
+            )
+        b = x.shape[0]
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
+        c = self.t_embed(batch_times(t, b, x.device))
+        if self.y_embed is not None:
+            c = c + self.y_embed(y, b, force_drop_ids)
+        for block in self.blocks:
+            tokens = block(tokens, c)
+        return self.unpatchify(self.final(tokens, c))

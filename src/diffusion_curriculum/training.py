@@ -1,0 +1,227 @@
+"""One training loop for every framework, parameterisation and timestep strategy.
+
+Checkpoints hold everything that decides the future of a run (network, EMA, optimiser, every RNG,
+the strategy's state, the step, the logs so far), so a run stopped at step k and resumed ends
+bitwise equal to an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from .losses import Denoiser, denoising_loss
+from .schedules import NoiseSchedule
+from .timesteps import Intervals, TimestepStrategy
+
+__all__ = ["TrainResult", "train_loop", "CHECKPOINT_NAME"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class TrainResult:
+    net: nn.Module
+    ema: nn.Module
+    step: int  # steps completed
+    completed: bool  # False when stopped early by ``stop_after``
+    resumed_from: int  # 0 for a fresh start
+    history: dict = field(default_factory=dict)  # 'steps', 'bins', 'transitions': lists of row dicts
+
+
+def _make_generators(seed: int, data_device, device) -> dict[str, torch.Generator]:
+    # Independent streams, so that e.g. a strategy drawing a different number of values does not shift
+    # which images or which noise the run sees.
+    data_seed, t_seed, noise_seed = (
+        int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(3)
+    )
+    return {
+        "data": torch.Generator(device=data_device).manual_seed(data_seed),
+        "timesteps": torch.Generator(device=device).manual_seed(t_seed),
+        "noise": torch.Generator(device=device).manual_seed(noise_seed),
+    }
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_loop(
+    *,
+    net: nn.Module,  # raw network: net(x, model_time, y) -> output in `prediction`'s parameterisation
+    schedule: NoiseSchedule,  # forward process
+    prediction: str,  # 'eps' | 'v' | 'x0' | 'flow' | 'edm'
+    strategy: TimestepStrategy,  # draws timesteps, weights and observes the loss
+    intervals: Intervals,  # loss bins for the log (the curriculum's clusters)
+    images: torch.Tensor,  # training set (N, C, H, W), float, already scaled; may live on the device
+    labels: torch.Tensor | None,  # (N,) long class ids, or None for unconditional training
+    run_dir: str | Path,  # checkpoint.pt lives here; an existing one with the same fingerprint is resumed
+    iterations: int,  # total optimisation steps
+    batch_size: int,  # global batch size
+    lr: float = 1e-4,  # AdamW learning rate (constant, as in the paper)
+    weight_decay: float = 0.0,  # AdamW weight decay (the paper uses none)
+    adam_betas: tuple[float, float] = (0.9, 0.999),
+    ema_decay: float = 0.9999,  # EMA of the weights (torch.optim.swa_utils)
+    grad_clip: float | None = 1.0,  # max global gradient norm; None disables clipping
+    hflip: bool = False,  # random horizontal flips (the paper's augmentation; off for digits)
+    log_every: int = 100,  # steps between log rows (loss per interval bin, stage); the only host syncs
+    checkpoint_every: int = 1000,  # steps between resumable checkpoints
+    seed: int = 0,  # seeds data order, timesteps, noise and label dropout
+    device: str | torch.device = "cpu",
+    bf16: bool | None = None,  # bf16 autocast; None = on for CUDA, off elsewhere
+    fingerprint: str = "",  # identifies the configuration; a checkpoint with another one is ignored
+    stop_after: int | None = None,  # stop (checkpoint written) once this many steps are done
+    progress: bool = True,
+) -> TrainResult:
+    if iterations < 1 or batch_size < 1:
+        raise ValueError(f"iterations and batch_size must be >= 1, got {iterations} and {batch_size}")
+    if log_every < 1 or checkpoint_every < 1:
+        raise ValueError(f"log_every and checkpoint_every must be >= 1, got {log_every}, {checkpoint_every}")
+    device = torch.device(device)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    if bf16 is None:
+        bf16 = device.type == "cuda"
+
+    torch.manual_seed(seed)  # label dropout inside the network draws from the global RNG
+    net = net.to(device)
+    denoiser = Denoiser(net, schedule, prediction)
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+    optimizer = torch.optim.AdamW(
+        net.parameters(), lr=lr, betas=adam_betas, weight_decay=weight_decay, fused=device.type == "cuda"
+    )
+    gens = _make_generators(seed, images.device, device)
+    num_bins = intervals.num
+    bin_sum = torch.zeros(num_bins, dtype=torch.float64, device=device)
+    bin_count = torch.zeros(num_bins, dtype=torch.float64, device=device)
+    running_loss = torch.zeros((), dtype=torch.float64, device=device)  # mean loss since the last log row
+    running_count = 0
+    history: dict[str, list] = {"steps": [], "bins": [], "transitions": []}
+    step = 0
+
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if state.get("fingerprint") == fingerprint:
+            net.load_state_dict(state["net"])
+            ema.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+            strategy.load_state_dict(state["strategy"])
+            torch.set_rng_state(state["rng"]["torch"])
+            if device.type == "cuda" and "cuda" in state["rng"]:
+                torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+            for name, g in gens.items():
+                g.set_state(state["rng"][name].cpu())
+            bin_sum.copy_(state["bin_sum"])
+            bin_count.copy_(state["bin_count"])
+            running_loss.copy_(state["running"][0])
+            running_count = int(state["running"][1])
+            history = state["history"]
+            step = int(state["step"])
+        else:
+            tqdm.write(f"{ckpt_path}: written by another configuration; starting from step 0")
+    resumed_from = step
+
+    def save_checkpoint() -> None:
+        rng = {"torch": torch.get_rng_state(), **{name: g.get_state() for name, g in gens.items()}}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        _save_atomic(
+            {
+                "fingerprint": fingerprint,
+                "step": step,
+                "net": net.state_dict(),
+                "ema": ema.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "strategy": strategy.state_dict(),
+                "rng": rng,
+                "bin_sum": bin_sum,
+                "bin_count": bin_count,
+                "running": (running_loss, running_count),
+                "history": history,
+            },
+            ckpt_path,
+        )
+
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    )
+    n_images = images.shape[0]
+    ones = torch.ones(batch_size, dtype=torch.float64, device=device)
+    net.train()
+    bar = tqdm(total=iterations, initial=step, desc="train", disable=not progress, mininterval=2.0)
+    last_stage = strategy.stage
+    completed = True
+    while step < iterations:
+        idx = torch.randint(n_images, (batch_size,), generator=gens["data"], device=images.device)
+        x0 = images[idx]
+        if hflip:
+            flip = torch.rand(batch_size, generator=gens["data"], device=images.device) < 0.5
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        x0 = x0.to(device, non_blocking=True)
+        y = labels[idx].to(device, non_blocking=True) if labels is not None else None
+        t = strategy.sample(batch_size, gens["timesteps"], device=device)
+        noise = torch.randn(x0.shape, generator=gens["noise"], device=device, dtype=x0.dtype)
+        with autocast:
+            per_sample = denoising_loss(denoiser, x0, t, noise, y, weight=strategy.weights(t))
+        loss = per_sample.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+        optimizer.step()
+        ema.update_parameters(net)
+        step += 1
+
+        detached = per_sample.detach()
+        strategy.observe(step, t, detached)
+        bins = intervals.index(schedule, t)
+        bin_sum.index_add_(0, bins, detached.to(torch.float64))
+        bin_count.index_add_(0, bins, ones)
+        running_loss += loss.detach().to(torch.float64)
+        running_count += 1
+        stage = strategy.stage
+        if stage != last_stage:
+            history["transitions"].append({"step": step, "from_stage": last_stage, "to_stage": stage})
+            last_stage = stage
+
+        if step % log_every == 0 or step == iterations:
+            sums, counts = bin_sum.tolist(), bin_count.tolist()
+            for b in range(num_bins):
+                history["bins"].append(
+                    {
+                        "step": step,
+                        "bin": b,
+                        "count": int(counts[b]),
+                        "loss": sums[b] / counts[b] if counts[b] else float("nan"),
+                    }
+                )
+            mean_loss = running_loss.item() / max(running_count, 1)
+            history["steps"].append({"step": step, "loss": mean_loss, "stage": stage})
+            bin_sum.zero_()
+            bin_count.zero_()
+            running_loss.zero_()
+            running_count = 0
+            bar.set_postfix(loss=f"{mean_loss:.4f}", stage=stage, refresh=False)
+        bar.update(1)
+        if step % checkpoint_every == 0 or step == iterations:
+            save_checkpoint()
+        if stop_after is not None and step >= stop_after and step < iterations:
+            if step % checkpoint_every:
+                save_checkpoint()
+            completed = False
+            break
+    bar.close()
+    return TrainResult(
+        net=net, ema=ema.module, step=step, completed=completed, resumed_from=resumed_from, history=history
+    )

@@ -1,0 +1,88 @@
+"""Reading params.yaml: validation against the schema, and each stage's own sections."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "params.schema.yaml"
+
+
+class ParamsError(ValueError):
+    """A params file that does not match the schema; the message names the file and the key."""
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError, source: str) -> str:
+    where = _key_path(error)
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        allowed = ", ".join(sorted(error.schema.get("properties", {})))
+        keys = ", ".join(f"{where}.{k}" if where != "<top level>" else k for k in extra)
+        return f"{source}: unknown key {keys} (allowed here: {allowed})"
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        keys = ", ".join(f"{where}.{k}" if where != "<top level>" else k for k in missing)
+        return f"{source}: missing required key {keys}"
+    if error.validator == "oneOf":
+        return f"{source}: {where}: {error.instance!r} is not valid here (see {SCHEMA_PATH.name})"
+    return f"{source}: {where}: {error.message}"
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def validate(params: dict, source: str = "params.yaml") -> dict:
+    """Raise ParamsError naming the first offending key (sorted by position), else return params."""
+    validator = jsonschema.Draft202012Validator(load_schema())
+    errors = sorted(
+        validator.iter_errors(params), key=lambda e: (len(e.absolute_path), list(e.absolute_path))
+    )
+    if errors:
+        deepest = max(errors, key=lambda e: len(e.absolute_path))
+        raise ParamsError(_describe(deepest, source))
+    return params
+
+
+def load(path: str | Path) -> dict:
+    """Read and validate a params file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    return validate(params, str(path))
+
+
+def sections(path: str | Path, *names: str) -> dict:
+    """Validate the whole file, then return only the named sections (a stage reads nothing else)."""
+    params = load(path)
+    return {name: params[name] for name in names}
+
+
+def fingerprint(*parts) -> str:
+    """Stable short hash of JSON-serialisable values (sorted keys)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ParamsError(f"device {name!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+    return name

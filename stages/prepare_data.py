@@ -1,0 +1,35 @@
+"""Stage prepare_data: load the configured data set and write it as Parquet with a manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffusion_curriculum import data
+from diffusion_curriculum.io import atomic_write_json
+
+from . import _cli, params
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--out-dir", default="data/prepared", help="writes train.parquet and manifest.json here")
+    args = ap.parse_args(argv)
+    cfg = params.sections(args.params, "data")["data"]
+
+    dataset = data.load_dataset(
+        cfg["source"],
+        cfg["path"],
+        image_size=cfg["image_size"],
+        channels=cfg["channels"],
+        labels_path=cfg["labels_path"],
+    )
+    if cfg["max_images"] is not None:
+        dataset = data.subset(dataset, cfg["max_images"], seed=cfg["subset_seed"])
+    out = Path(args.out_dir)
+    manifest = data.write_parquet(dataset, out / "train.parquet")
+    atomic_write_json(manifest, out / "manifest.json")
+    print(f"prepare_data: {manifest['count']} images of shape {manifest['shape']} -> {out}")
+
+
+if __name__ == "__main__":
+    _cli.run(main)

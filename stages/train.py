@@ -1,0 +1,162 @@
+"""Stage train[method, seed]: train one diffusion model with one timestep strategy.
+
+Writes ``model.pt`` (weights, EMA weights and everything needed to rebuild the model and its schedule),
+``loss_bins.parquet`` (loss and sample count per timestep interval every ``log_every`` steps: the
+difficulty signal and the effective timestep histogram), ``train_log.parquet`` (mean loss and curriculum
+stage per log row), and ``summary.json``.  A resumable checkpoint lives in ``--checkpoint-dir`` while the
+run is in progress; a rerun with the same configuration continues from it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from diffusion_curriculum import data
+from diffusion_curriculum.io import atomic_path, atomic_write_json
+from diffusion_curriculum.losses import check_prediction
+from diffusion_curriculum.models import count_parameters, create_model
+from diffusion_curriculum.schedules import make_schedule
+from diffusion_curriculum.timesteps import Intervals, make_strategy
+from diffusion_curriculum.training import train_loop
+
+from . import _cli, params
+
+SECTIONS = ("diffusion", "model", "curriculum", "strategies", "train")  # strategies: only [method] is used
+MODEL_FORMAT = 1
+
+
+def _write_table(rows: list[dict], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows).to_parquet(tmp, index=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--data", required=True, help="train.parquet written by prepare_data")
+    ap.add_argument("--method", required=True, help="timestep strategy (a key of params 'strategies')")
+    ap.add_argument("--seed", required=True, type=int)
+    ap.add_argument("--out-dir", required=True)
+    ap.add_argument(
+        "--checkpoint-dir", required=True, help="resumable checkpoint while the run is in progress"
+    )
+    ap.add_argument("--curriculum", default=None, help="curriculum.json (default: N uniform intervals)")
+    args = ap.parse_args(argv)
+    cfg = params.sections(args.params, *SECTIONS)
+    diff, model_cfg, train_cfg = cfg["diffusion"], cfg["model"], cfg["train"]
+    if args.method not in cfg["strategies"]:
+        raise params.ParamsError(
+            f"{args.params}: method {args.method!r} has no entry under 'strategies' "
+            f"(configured: {sorted(cfg['strategies'])})"
+        )
+    device = params.resolve_device(train_cfg["device"])
+
+    dataset = data.read_parquet(args.data)
+    images, labels = data.to_training_tensor(dataset)
+    manifest_hash = data.content_hash(dataset)
+    schedule_kwargs = {"framework": diff["framework"], **diff[diff["framework"]]}
+    schedule = make_schedule(**schedule_kwargs)
+    check_prediction(schedule, diff["prediction"])
+    if args.curriculum:
+        intervals = Intervals.load(args.curriculum)
+    else:
+        intervals = Intervals.uniform(cfg["curriculum"]["num_clusters"])
+    strategy_params = cfg.pop("strategies")[args.method]
+    cfg["strategy"] = strategy_params
+    strategy = make_strategy(args.method, schedule, intervals, **strategy_params)
+
+    num_classes = dataset.num_classes if model_cfg["class_conditional"] else 0
+    if model_cfg["class_conditional"] and num_classes == 0:
+        raise params.ParamsError(
+            f"{args.params}: model.class_conditional is true but the data set {args.data} has no labels"
+        )
+    arch = {
+        "name": model_cfg["name"],
+        "input_size": images.shape[-1],
+        "in_channels": images.shape[1],
+        "num_classes": num_classes,
+        "class_dropout": model_cfg["class_dropout"],
+    }
+    torch.manual_seed(args.seed)
+    net = create_model(**arch)
+    if device.startswith("cuda") and images.numel() * images.element_size() < 4 * 2**30:
+        images = images.to(device)  # small data sets live on the GPU: no host copy in the step
+        labels = labels.to(device) if labels is not None else None
+    fingerprint = params.fingerprint(cfg, args.method, args.seed, manifest_hash, intervals.to_json())
+    millions = count_parameters(net) / 1e6
+    print(
+        f"train[{args.method}, seed {args.seed}]: {arch['name']} ({millions:.2f}M params), "
+        f"{diff['framework']}/{diff['prediction']}, {len(images)} images, device {device}"
+    )
+
+    started = time.perf_counter()
+    result = train_loop(
+        net=net,
+        schedule=schedule,
+        prediction=diff["prediction"],
+        strategy=strategy,
+        intervals=intervals,
+        images=images,
+        labels=labels if num_classes else None,
+        run_dir=args.checkpoint_dir,
+        iterations=train_cfg["iterations"],
+        batch_size=train_cfg["batch_size"],
+        lr=train_cfg["lr"],
+        weight_decay=train_cfg["weight_decay"],
+        adam_betas=(train_cfg["adam_beta1"], train_cfg["adam_beta2"]),
+        ema_decay=train_cfg["ema_decay"],
+        grad_clip=train_cfg["grad_clip"],
+        hflip=train_cfg["hflip"],
+        log_every=train_cfg["log_every"],
+        checkpoint_every=train_cfg["checkpoint_every"],
+        seed=args.seed,
+        device=device,
+        fingerprint=fingerprint,
+    )
+    elapsed = time.perf_counter() - started
+
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_table(result.history["bins"], out / "loss_bins.parquet")
+    _write_table(result.history["steps"], out / "train_log.parquet")
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save(
+            {
+                "format": MODEL_FORMAT,
+                "arch": arch,
+                "schedule": schedule_kwargs,
+                "prediction": diff["prediction"],
+                "data": {"kind": dataset.kind, "sha256": manifest_hash},
+                "method": args.method,
+                "seed": args.seed,
+                "step": result.step,
+                "net": result.net.state_dict(),
+                "ema": result.ema.state_dict(),
+            },
+            tmp,
+        )
+    steps_run = result.step - result.resumed_from
+    atomic_write_json(
+        {
+            "method": args.method,
+            "seed": args.seed,
+            "iterations": result.step,
+            "resumed_from": result.resumed_from,
+            "final_loss": result.history["steps"][-1]["loss"],
+            "transitions": result.history["transitions"],
+            "seconds": round(elapsed, 2),
+            "steps_per_second": round(steps_run / elapsed, 3) if elapsed > 0 else None,
+            "device": device,
+        },
+        out / "summary.json",
+    )
+    # The outputs are complete; the resumable state is no longer needed.
+    shutil.rmtree(args.checkpoint_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    _cli.run(main)

@@ -1,0 +1,98 @@
+"""params.yaml and its schema: every shipped file validates, and bad files name the bad key or path."""
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages import params
+
+REPO = Path(__file__).resolve().parent.parent
+PARAM_FILES = [REPO / "params.yaml", *sorted((REPO / "configs").glob("*.yaml"))]
+
+
+@pytest.fixture
+def good() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+@pytest.mark.parametrize("path", PARAM_FILES, ids=lambda p: p.name)
+def test_shipped_params_files_validate(path):
+    params.load(path)
+
+
+def test_unknown_key_is_named(good):
+    good["train"]["learning_rate"] = 1e-4
+    with pytest.raises(params.ParamsError, match=r"unknown key train\.learning_rate"):
+        params.validate(good)
+
+
+def test_unknown_section_is_named(good):
+    good["trian"] = {}
+    with pytest.raises(params.ParamsError, match=r"unknown key trian"):
+        params.validate(good)
+
+
+def test_missing_key_is_named(good):
+    del good["sample"]["cfg_scale"]
+    with pytest.raises(params.ParamsError, match=r"missing required key sample\.cfg_scale"):
+        params.validate(good)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "named"),
+    [
+        (("train", "lr"), "fast", r"train\.lr"),
+        (("train", "iterations"), 0, r"train\.iterations"),
+        (("diffusion", "framework"), "ve", r"diffusion\.framework"),
+        (("diffusion", "vp", "beta_schedule"), "quadratic", r"diffusion\.vp\.beta_schedule"),
+        (("model", "name"), "DiT-M/2", r"model\.name"),
+        (("study", "methods"), ["vanilla", "vanilla"], r"study\.methods"),
+        (("data", "max_images"), -5, r"data\.max_images"),
+        (("train", "device"), "tpu", r"train\.device"),
+    ],
+)
+def test_wrong_value_is_named(good, path, value, named):
+    bad = copy.deepcopy(good)
+    node = bad
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(params.ParamsError, match=named):
+        params.validate(bad)
+
+
+def test_sections_returns_only_the_named_ones():
+    got = params.sections(REPO / "params.yaml", "sample")
+    assert list(got) == ["sample"]
+
+
+def test_missing_params_file_is_named(tmp_path):
+    with pytest.raises(params.ParamsError, match="nowhere.yaml"):
+        params.load(tmp_path / "nowhere.yaml")
+
+
+def _stage(args, cwd):
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_stage_with_a_missing_dataset_path_names_it(tmp_path, good):
+    good["data"]["source"] = "cifar10"
+    good["data"]["path"] = str(tmp_path / "no-such-cifar")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(good))
+    proc = _stage(["stages.prepare_data", "--out-dir", str(tmp_path / "out")], tmp_path)
+    assert proc.returncode == 2
+    assert "no-such-cifar" in proc.stderr
+    assert not (tmp_path / "out" / "train.parquet").exists()
+
+
+def test_stage_with_a_bad_key_names_it_and_writes_nothing(tmp_path, good):
+    good["data"]["sauce"] = "mnist"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(good))
+    proc = _stage(["stages.prepare_data", "--out-dir", str(tmp_path / "out")], tmp_path)
+    assert proc.returncode == 2
+    assert "data.sauce" in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,60 @@
+"""The real drivers on the smoke configuration: Snakemake and DVC each run the pipeline end to end."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import run_cli
+
+pytestmark = pytest.mark.e2e
+
+
+def _check_outputs(root):
+    manifest = json.loads((root / "data/prepared/manifest.json").read_text())
+    assert manifest["count"] == 500 and manifest["shape"] == [28, 28, 1] and manifest["num_classes"] == 10
+    bins = pd.read_parquet(root / "results/train/vanilla/seed0/loss_bins.parquet")
+    assert set(bins["bin"]) == set(range(20)) and bins["step"].max() == 40
+    summary = json.loads((root / "results/train/vanilla/seed0/summary.json").read_text())
+    assert summary["iterations"] == 40 and np.isfinite(summary["final_loss"])
+    with np.load(root / "results/samples/vanilla/seed0/samples.npz") as npz:
+        assert npz["images"].shape == (20, 28, 28, 1) and npz["images"].dtype == np.uint8
+        assert npz["labels"].tolist() == [i % 10 for i in range(20)]
+    settings = json.loads((root / "results/samples/vanilla/seed0/settings.json").read_text())
+    assert settings["sampler"] == "ddpm" and settings["steps"] == 20 and settings["model_step"] == 40
+    # A finished run leaves no resumable state behind.
+    assert not (root / "checkpoints/train/vanilla/seed0").exists()
+
+
+def test_snakemake_runs_the_smoke_pipeline_and_then_has_nothing_to_do(pipeline_dir):
+    run_cli(["snakemake", "--cores", "2"], pipeline_dir)
+    _check_outputs(pipeline_dir)
+    assert (pipeline_dir / "logs/train/vanilla/seed0.log").read_text().count("train[vanilla, seed 0]") == 1
+    dry = run_cli(["snakemake", "--cores", "2", "-n"], pipeline_dir)
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_snakemake_refuses_config_overrides_the_stages_would_not_see(pipeline_dir):
+    proc = run_cli(["snakemake", "-n", "--config", 'sample={"sampler": "ddim"}'], pipeline_dir, check=False)
+    assert proc.returncode != 0
+    assert "--config" in proc.stdout + proc.stderr
+
+
+def test_snakemake_names_a_bad_params_key(pipeline_dir):
+    cfg = yaml.safe_load((pipeline_dir / "params.yaml").read_text())
+    cfg["sample"]["stepz"] = 3
+    (pipeline_dir / "params.yaml").write_text(yaml.safe_dump(cfg))
+    proc = run_cli(["snakemake", "-n"], pipeline_dir, check=False)
+    assert proc.returncode != 0
+    assert "sample.stepz" in proc.stdout + proc.stderr
+
+
+def test_dvc_repro_runs_the_smoke_pipeline(pipeline_dir):
+    run_cli(["git", "init", "-q"], pipeline_dir)
+    run_cli(["dvc", "init", "-q"], pipeline_dir)
+    run_cli(["dvc", "config", "core.analytics", "false"], pipeline_dir)
+    run_cli(["dvc", "repro"], pipeline_dir)
+    _check_outputs(pipeline_dir)
+    status = run_cli(["dvc", "status"], pipeline_dir)
+    assert "up to date" in status.stdout

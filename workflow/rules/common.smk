@@ -1,0 +1,51 @@
+# Configuration checks and helpers shared by every rule (helpers live only here).
+import yaml
+
+from stages import params as stage_params
+
+
+def _params_file():
+    """The params file the stages must read: params.yaml, or the one given with --configfile.
+
+    Snakemake merges every config source into one dict; the stages read a file.  So exactly one file
+    may define the configuration, and --config overrides (which no stage would see) are refused.
+    """
+    given = [str(p) for p in workflow.overwrite_configfiles]
+    if len(given) > 1:
+        raise WorkflowError(
+            f"give at most one --configfile (got {given}); every file must hold the whole configuration"
+        )
+    path = given[0] if given else "params.yaml"
+    stage_params.validate(config, source=path)
+    with open(path) as f:
+        on_disk = yaml.safe_load(f)
+    if on_disk != config:
+        raise WorkflowError(
+            f"the configuration differs from {path} (a --config override?); stages read {path} only, "
+            "so edit that file or pass another with --configfile"
+        )
+    return path
+
+
+PARAMS_FILE = _params_file()
+METHODS = config["study"]["methods"]
+SEEDS = config["study"]["seeds"]
+LIB = "src/diffusion_curriculum"
+
+
+wildcard_constraints:
+    method="[A-Za-z0-9_]+",
+    seed=r"\d+",
+
+
+def code(stage, *modules):
+    """A stage's own source and the library modules it uses: edits to them rerun the stage."""
+    return [f"stages/{stage}.py"] + [f"{LIB}/{m}.py" for m in modules]
+
+
+def sections(*names):
+    """The params sections a rule reads, passed as params so that editing them reruns the rule."""
+    return {name: config[name] for name in names}
+
+
+PIPELINE_ENV = "../envs/pipeline.yaml"

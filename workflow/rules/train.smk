@@ -1,0 +1,35 @@
+rule train:
+    input:
+        data="data/prepared/train.parquet",
+        code=code(
+            "train",
+            "training",
+            "losses",
+            "schedules",
+            "timesteps",
+            "data",
+            "io",
+            "models/__init__",
+            "models/layers",
+            "models/dit",
+            "models/unet",
+        ),
+    output:
+        model="results/train/{method}/seed{seed}/model.pt",
+        loss_bins="results/train/{method}/seed{seed}/loss_bins.parquet",
+        log="results/train/{method}/seed{seed}/train_log.parquet",
+        summary="results/train/{method}/seed{seed}/summary.json",
+    log:
+        "logs/train/{method}/seed{seed}.log",
+    conda:
+        PIPELINE_ENV
+    params:
+        file=PARAMS_FILE,
+        sections=sections("diffusion", "model", "curriculum", "train"),
+        strategy=lambda wc: config["strategies"][wc.method],
+        out_dir="results/train/{method}/seed{seed}",
+        checkpoint_dir="checkpoints/train/{method}/seed{seed}",
+    shell:
+        "python -m stages.train --params {params.file} --data {input.data}"
+        " --method {wildcards.method} --seed {wildcards.seed}"
+        " --out-dir {params.out_dir} --checkpoint-dir {params.checkpoint_dir} > {log} 2>&1"
