@@ -22,9 +22,9 @@ def main(argv: list[str] | None = None) -> None:
         image_size=cfg["image_size"],
         channels=cfg["channels"],
         labels_path=cfg["labels_path"],
+        max_images=cfg["max_images"],
+        seed=cfg["subset_seed"],
     )
-    if cfg["max_images"] is not None:
-        dataset = data.subset(dataset, cfg["max_images"], seed=cfg["subset_seed"])
     out = Path(args.out_dir)
     manifest = data.write_parquet(dataset, out / "train.parquet")
     atomic_write_json(manifest, out / "manifest.json")

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from diffusion_curriculum import data, samplers
 from diffusion_curriculum.io import atomic_path, atomic_write_json
@@ -46,6 +45,13 @@ def image_grid(images: np.ndarray, columns: int = 10) -> Image.Image:
     return Image.fromarray(canvas[..., 0] if c == 1 else canvas)
 
 
+def _rescale(x: torch.Tensor) -> torch.Tensor:
+    """Map each sample to [-1, 1] by its own range."""
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3), keepdim=True)
+    return 2 * (x - lo) / (hi - lo).clamp_min(1e-8) - 1
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = _cli.parser(__doc__)
     ap.add_argument("--model", required=True, help="model.pt written by train")
@@ -67,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
 
     chunks, label_chunks = [], []
     n_total = cfg["num_samples"]
-    for start in tqdm(range(0, n_total, cfg["batch_size"]), desc="sample", mininterval=2.0):
+    for start in range(0, n_total, cfg["batch_size"]):
         n = min(cfg["batch_size"], n_total - start)
         # Classes cycle so every class gets the same number of samples.
         y = (torch.arange(start, start + n, device=device) % num_classes) if num_classes else None
@@ -95,9 +101,10 @@ def main(argv: list[str] | None = None) -> None:
     images = data.to_uint8_images(x) if is_pixels else x.numpy().astype(np.float32)
     with atomic_path(out / "samples.npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, images=images, labels=labels)
-    if is_pixels:
-        with atomic_path(out / "grid.png") as tmp:
-            image_grid(images[:100]).save(tmp, format="PNG")
+    # Latents are shown channel-wise rescaled (first three channels) until a decoder is configured.
+    preview = images[:100] if is_pixels else data.to_uint8_images(_rescale(x[:100, :3]))
+    with atomic_path(out / "grid.png") as tmp:
+        image_grid(preview).save(tmp, format="PNG")
     atomic_write_json(
         {
             "model": str(args.model),

@@ -133,12 +133,24 @@ class TimestepStrategy:
         """Per-sample loss weight for timesteps t, or None for unit weights."""
         return None
 
+    def before_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        """Called before optimisation step ``step + 1`` (e.g. to set Adam's beta1 for momentum decay)."""
+
     def observe(self, step: int, t: torch.Tensor, loss: torch.Tensor) -> None:
-        """Called after each optimisation step with the batch's timesteps and detached per-sample loss."""
+        """Called after optimisation step ``step`` with the batch's timesteps and detached per-sample loss.
+
+        Runs every step: it must not synchronise with the host (no ``.item()``, no Python branch on a
+        tensor's value); keep state in tensors on the loss's device.
+        """
 
     @property
     def stage(self) -> int:
+        """Current curriculum stage (0 for strategies without stages); read only at log time."""
         return 0
+
+    def transitions(self) -> list[dict]:
+        """Every stage change so far as ``{"step", "from_stage", "to_stage"}`` rows; read only at log time."""
+        return []
 
     def state_dict(self) -> dict:
         return {}

@@ -160,7 +160,6 @@ def train_loop(
     ones = torch.ones(batch_size, dtype=torch.float64, device=device)
     net.train()
     bar = tqdm(total=iterations, initial=step, desc="train", disable=not progress, mininterval=2.0)
-    last_stage = strategy.stage
     completed = True
     while step < iterations:
         idx = torch.randint(n_images, (batch_size,), generator=gens["data"], device=images.device)
@@ -170,6 +169,7 @@ def train_loop(
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         x0 = x0.to(device, non_blocking=True)
         y = labels[idx].to(device, non_blocking=True) if labels is not None else None
+        strategy.before_step(step, optimizer)
         t = strategy.sample(batch_size, gens["timesteps"], device=device)
         noise = torch.randn(x0.shape, generator=gens["noise"], device=device, dtype=x0.dtype)
         with autocast:
@@ -190,12 +190,10 @@ def train_loop(
         bin_count.index_add_(0, bins, ones)
         running_loss += loss.detach().to(torch.float64)
         running_count += 1
-        stage = strategy.stage
-        if stage != last_stage:
-            history["transitions"].append({"step": step, "from_stage": last_stage, "to_stage": stage})
-            last_stage = stage
 
         if step % log_every == 0 or step == iterations:
+            stage = strategy.stage
+            history["transitions"] = strategy.transitions()
             sums, counts = bin_sum.tolist(), bin_count.tolist()
             for b in range(num_bins):
                 history["bins"].append(
