@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+
 from conftest import run_cli
 
 pytestmark = pytest.mark.e2e

@@ -43,9 +43,22 @@ def code(stage, *modules):
     return [f"stages/{stage}.py"] + [f"{LIB}/{m}.py" for m in modules]
 
 
-def sections(*names):
-    """The params sections a rule reads, passed as params so that editing them reruns the rule."""
-    return {name: config[name] for name in names}
+def sections(*keys):
+    """The params a rule reads (sections or dotted keys, wildcards allowed as in "strategies.{method}"),
+    passed as a params entry so that editing them reruns the rule.  The same list as dvc.yaml's params.
+    """
+
+    def values(wildcards):
+        resolved = {}
+        for key in keys:
+            key = key.format(**wildcards)
+            node = config
+            for part in key.split("."):
+                node = node[part]
+            resolved[key] = node
+        return resolved
+
+    return values
 
 
 PIPELINE_ENV = "../envs/pipeline.yaml"

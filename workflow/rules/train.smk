@@ -25,8 +25,9 @@ rule train:
         PIPELINE_ENV
     params:
         file=PARAMS_FILE,
-        sections=sections("diffusion", "model", "curriculum", "train"),
-        strategy=lambda wc: config["strategies"][wc.method],
+        sections=sections(
+            "diffusion", "model", "curriculum", "train", "strategies.{method}"
+        ),
         out_dir="results/train/{method}/seed{seed}",
         checkpoint_dir="checkpoints/train/{method}/seed{seed}",
     shell:

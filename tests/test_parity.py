@@ -1,0 +1,85 @@
+"""dvc.yaml and the Snakefile declare the same stages: same commands, inputs, outputs and params.
+
+Snakemake's side is read from the real tool (a forced dry run that prints every job) and the rule files'
+``sections(...)`` lists; DVC's from its own resolved index (matrix expanded).
+"""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+from dvc.repo import Repo
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.e2e
+
+LOG_REDIRECT = re.compile(r"\s*>\s*\S+\s+2>&1\s*$")
+
+
+def _normalise(cmd: str) -> str:
+    return " ".join(shlex.split(LOG_REDIRECT.sub("", cmd)))
+
+
+def snakemake_jobs(root: Path) -> dict[str, dict]:
+    """Normalised command -> {rule, inputs, outputs} for every job of the full DAG (a forced dry run)."""
+    proc = run_cli(["snakemake", "-n", "-p", "--forceall", "--cores", "1"], root)
+    jobs: dict[str, dict] = {}
+    job: dict = {}
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if match := re.match(r"^(?:local)?rule (\w+):$", line):
+            job = {"rule": match.group(1), "inputs": set(), "outputs": set()}
+        elif match := re.match(r"^    (input|output): (.*)$", line):
+            job[match.group(1) + "s"] = {p.strip() for p in match.group(2).split(",")}
+        elif line.startswith("Shell command: ") and job and job["rule"] != "all":
+            jobs[_normalise(line.removeprefix("Shell command: "))] = job
+            job = {}
+    assert jobs, proc.stdout + proc.stderr
+    return jobs
+
+
+def dvc_stages(root: Path) -> dict[str, dict]:
+    run_cli(["git", "init", "-q"], root)
+    run_cli(["dvc", "init", "-q"], root)
+    stages = {}
+    with Repo(str(root)) as repo:
+        for stage in repo.index.stages:
+            deps = {d.def_path for d in stage.deps if not hasattr(d, "params")}
+            stages[_normalise(stage.cmd)] = {
+                "rule": stage.name.split("@")[0],
+                "inputs": deps,
+                "outputs": {o.def_path for o in stage.outs},
+            }
+    return stages
+
+
+def test_every_job_has_its_twin_with_the_same_inputs_and_outputs(pipeline_dir):
+    smk = snakemake_jobs(pipeline_dir)
+    dvc = dvc_stages(pipeline_dir)
+    assert set(smk) == set(dvc), (
+        f"only in Snakemake: {sorted(set(smk) - set(dvc))}\nonly in DVC: {sorted(set(dvc) - set(smk))}"
+    )
+    for cmd, job in smk.items():
+        assert job == dvc[cmd], cmd
+
+
+def _smk_params(root: Path) -> dict[str, list[str]]:
+    """Rule name -> the keys listed in its ``sections(...)`` params entry."""
+    found = {}
+    for path in sorted((root / "workflow" / "rules").glob("*.smk")):
+        for block in re.split(r"^rule ", path.read_text(), flags=re.M)[1:]:
+            name = block.split(":", 1)[0].strip()
+            match = re.search(r"sections=sections\((.*?)\)", block, flags=re.S)
+            found[name] = re.findall(r'"([^"]+)"', match.group(1)) if match else []
+    return found
+
+
+def test_each_rule_reads_the_same_params_as_its_dvc_stage(pipeline_dir):
+    smk = _smk_params(pipeline_dir)
+    dvc = yaml.safe_load((pipeline_dir / "dvc.yaml").read_text())["stages"]
+    for name, stage in dvc.items():
+        keys = [re.sub(r"\$\{item\.(\w+)\}", r"{\1}", k) for k in stage.get("params", [])]
+        assert sorted(keys) == sorted(smk.get(name, [])), name
+    assert set(smk) - {"all"} == set(dvc)
