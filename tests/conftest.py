@@ -14,11 +14,9 @@ PIPELINE_FILES = ["Snakefile", "dvc.yaml", "workflow", "stages", "src", "configs
 torch.set_num_threads(1)
 
 
-@pytest.fixture
-def pipeline_dir(tmp_path: Path) -> Path:
-    """A copy of the pipeline (code, rules, dvc.yaml) with the smoke configuration as params.yaml."""
-    work = tmp_path / "pipeline"
-    work.mkdir()
+def copy_pipeline(work: Path) -> Path:
+    """Copy the pipeline (code, rules, dvc.yaml) to ``work`` with the smoke configuration as params.yaml."""
+    work.mkdir(parents=True)
     for name in PIPELINE_FILES:
         src = REPO / name
         if src.is_dir():
@@ -26,6 +24,29 @@ def pipeline_dir(tmp_path: Path) -> Path:
         else:
             shutil.copy2(src, work / name)
     shutil.copy2(REPO / "configs" / "smoke.yaml", work / "params.yaml")
+    return work
+
+
+@pytest.fixture
+def pipeline_dir(tmp_path: Path) -> Path:
+    return copy_pipeline(tmp_path / "pipeline")
+
+
+@pytest.fixture(scope="session")
+def smoke_snakemake_run(tmp_path_factory) -> Path:
+    """The smoke pipeline after a complete ``snakemake --cores 2`` (shared: copy it before editing)."""
+    work = copy_pipeline(tmp_path_factory.mktemp("smk") / "pipeline")
+    run_cli(["snakemake", "--cores", "2"], work)
+    return work
+
+
+@pytest.fixture(scope="session")
+def smoke_dvc_run(tmp_path_factory) -> Path:
+    """The smoke pipeline after a complete ``dvc repro`` in a fresh git + DVC repository (shared)."""
+    work = copy_pipeline(tmp_path_factory.mktemp("dvc") / "pipeline")
+    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+        run_cli(args, work)
+    run_cli(["dvc", "repro"], work)
     return work
 
 

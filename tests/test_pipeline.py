@@ -28,12 +28,18 @@ def _check_outputs(root):
     assert not (root / "checkpoints/train/vanilla/seed0").exists()
 
 
-def test_snakemake_runs_the_smoke_pipeline_and_then_has_nothing_to_do(pipeline_dir):
-    run_cli(["snakemake", "--cores", "2"], pipeline_dir)
-    _check_outputs(pipeline_dir)
-    assert (pipeline_dir / "logs/train/vanilla/seed0.log").read_text().count("train[vanilla, seed 0]") == 1
-    dry = run_cli(["snakemake", "--cores", "2", "-n"], pipeline_dir)
+def test_snakemake_runs_the_smoke_pipeline_and_then_has_nothing_to_do(smoke_snakemake_run):
+    root = smoke_snakemake_run
+    _check_outputs(root)
+    assert (root / "logs/train/vanilla/seed0.log").read_text().count("train[vanilla, seed 0]") == 1
+    dry = run_cli(["snakemake", "--cores", "2", "-n"], root)
     assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_dvc_repro_runs_the_smoke_pipeline(smoke_dvc_run):
+    _check_outputs(smoke_dvc_run)
+    status = run_cli(["dvc", "status"], smoke_dvc_run)
+    assert "up to date" in status.stdout
 
 
 def test_snakemake_refuses_config_overrides_the_stages_would_not_see(pipeline_dir):
@@ -49,13 +55,3 @@ def test_snakemake_names_a_bad_params_key(pipeline_dir):
     proc = run_cli(["snakemake", "-n"], pipeline_dir, check=False)
     assert proc.returncode != 0
     assert "sample.stepz" in proc.stdout + proc.stderr
-
-
-def test_dvc_repro_runs_the_smoke_pipeline(pipeline_dir):
-    run_cli(["git", "init", "-q"], pipeline_dir)
-    run_cli(["dvc", "init", "-q"], pipeline_dir)
-    run_cli(["dvc", "config", "core.analytics", "false"], pipeline_dir)
-    run_cli(["dvc", "repro"], pipeline_dir)
-    _check_outputs(pipeline_dir)
-    status = run_cli(["dvc", "status"], pipeline_dir)
-    assert "up to date" in status.stdout
