@@ -10,6 +10,8 @@ run is in progress; a rerun with the same configuration continues from it.
 from __future__ import annotations
 
 import shutil
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +27,11 @@ from diffusion_curriculum.timesteps import Intervals, make_strategy
 from diffusion_curriculum.training import train_loop
 
 from . import _cli, params
+
+# Exit status of a run stopped by SIGTERM / SIGUSR1 after writing its checkpoint (EX_TEMPFAIL: "try
+# again"); Snakemake's retries and SLURM's requeue start the job again and it resumes.
+EXIT_PREEMPTED = 75
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 SECTIONS = ("diffusion", "model", "curriculum", "strategies", "train")  # strategies: only [method] is used
 MODEL_FORMAT = 1
@@ -93,6 +100,14 @@ def main(argv: list[str] | None = None) -> None:
         f"{diff['framework']}/{diff['prediction']}, {len(images)} images, device {device}"
     )
 
+    stop = {"signal": None}
+
+    def request_stop(signum, _frame):
+        stop["signal"] = signal.Signals(signum).name
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, request_stop)
+
     started = time.perf_counter()
     result = train_loop(
         net=net,
@@ -116,8 +131,16 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         device=device,
         fingerprint=fingerprint,
+        should_stop=lambda: stop["signal"] is not None,
     )
     elapsed = time.perf_counter() - started
+    if not result.completed:
+        print(
+            f"train[{args.method}, seed {args.seed}]: {stop['signal']} at step {result.step}; "
+            f"checkpoint written to {args.checkpoint_dir}, the next attempt resumes from it",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_PREEMPTED)
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -50,13 +50,19 @@ def smoke_dvc_run(tmp_path_factory) -> Path:
     return work
 
 
+def cli_env() -> dict[str, str]:
+    """The test interpreter's environment for subprocesses: its bin dir first on PATH, one torch thread."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
 def run_cli(
     args: list[str], cwd: Path, timeout: int = 600, check: bool = True
 ) -> subprocess.CompletedProcess:
     """Run a command with the test interpreter's environment (its bin dir first on PATH)."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(args, cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{' '.join(args)} exited {proc.returncode}\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,7 @@ class TrainResult:
     net: nn.Module
     ema: nn.Module
     step: int  # steps completed
-    completed: bool  # False when stopped early by ``stop_after``
+    completed: bool  # False when stopped early by ``stop_after`` or ``should_stop``
     resumed_from: int  # 0 for a fresh start
     history: dict = field(default_factory=dict)  # 'steps', 'bins', 'transitions': lists of row dicts
 
@@ -81,6 +82,7 @@ def train_loop(
     bf16: bool | None = None,  # bf16 autocast; None = on for CUDA, off elsewhere
     fingerprint: str = "",  # identifies the configuration; a checkpoint with another one is ignored
     stop_after: int | None = None,  # stop (checkpoint written) once this many steps are done
+    should_stop: Callable[[], bool] | None = None,  # polled after every step, e.g. set by a SIGTERM handler
     progress: bool = True,
 ) -> TrainResult:
     if iterations < 1 or batch_size < 1:
@@ -214,7 +216,8 @@ def train_loop(
         bar.update(1)
         if step % checkpoint_every == 0 or step == iterations:
             save_checkpoint()
-        if stop_after is not None and step >= stop_after and step < iterations:
+        stop_requested = should_stop is not None and should_stop()
+        if step < iterations and (stop_requested or (stop_after is not None and step >= stop_after)):
             if step % checkpoint_every:
                 save_checkpoint()
             completed = False
