@@ -3,7 +3,8 @@
 Writes ``model.pt`` (weights, EMA weights and everything needed to rebuild the model and its schedule),
 ``loss_bins.parquet`` (loss and sample count per timestep interval every ``log_every`` steps: the
 difficulty signal and the effective timestep histogram), ``train_log.parquet`` (mean loss and curriculum
-stage per log row), and ``summary.json``.  A resumable checkpoint lives in ``--checkpoint-dir`` while the
+stage per log row), ``transitions.parquet`` (every curriculum stage change: step, from, to) and
+``summary.json``.  A resumable checkpoint lives in ``--checkpoint-dir`` while the
 run is in progress; a rerun with the same configuration continues from it.
 """
 
@@ -23,7 +24,7 @@ from diffusion_curriculum.io import atomic_path, atomic_write_json
 from diffusion_curriculum.losses import check_prediction
 from diffusion_curriculum.models import count_parameters, create_model
 from diffusion_curriculum.schedules import make_schedule
-from diffusion_curriculum.timesteps import Intervals, make_strategy
+from diffusion_curriculum.timesteps import Intervals, make_strategy, strategy_parameters
 from diffusion_curriculum.training import train_loop
 
 from . import _cli, params
@@ -33,13 +34,25 @@ from . import _cli, params
 EXIT_PREEMPTED = 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
+TRANSITION_COLUMNS = ["step", "from_stage", "to_stage"]
+
 SECTIONS = ("diffusion", "model", "curriculum", "strategies", "train")  # strategies: only [method] is used
 MODEL_FORMAT = 1
 
 
-def _write_table(rows: list[dict], path: Path) -> None:
+def with_run_facts(method: str, strategy_params: dict, diffusion: dict, train: dict) -> dict:
+    """Add what a strategy needs to know about the run and params.yaml holds elsewhere (the network's
+    parameterisation, the run length), so it is never written twice and can never disagree."""
+    accepted = strategy_parameters(method)
+    facts = {"prediction": diffusion["prediction"], "total_steps": train["iterations"]}
+    return {**{k: v for k, v in facts.items() if k in accepted}, **strategy_params}
+
+
+def _write_table(rows: list[dict], path: Path, columns: list[str] | None = None) -> None:
     with atomic_path(path) as tmp:
-        pd.DataFrame(rows).to_parquet(tmp, index=False)
+        pd.DataFrame(rows, columns=columns).astype("int64" if columns and not rows else {}).to_parquet(
+            tmp, index=False
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,7 +87,9 @@ def main(argv: list[str] | None = None) -> None:
         intervals = Intervals.uniform(cfg["curriculum"]["num_clusters"])
     strategy_params = cfg.pop("strategies")[args.method]
     cfg["strategy"] = strategy_params
-    strategy = make_strategy(args.method, schedule, intervals, **strategy_params)
+    strategy = make_strategy(
+        args.method, schedule, intervals, **with_run_facts(args.method, strategy_params, diff, train_cfg)
+    )
 
     num_classes = dataset.num_classes if model_cfg["class_conditional"] else 0
     if model_cfg["class_conditional"] and num_classes == 0:
@@ -146,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     _write_table(result.history["bins"], out / "loss_bins.parquet")
     _write_table(result.history["steps"], out / "train_log.parquet")
+    _write_table(result.history["transitions"], out / "transitions.parquet", TRANSITION_COLUMNS)
     with atomic_path(out / "model.pt") as tmp:
         torch.save(
             {

@@ -6,13 +6,14 @@ Snakemake's side is read from the real tool (a forced dry run that prints every 
 
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 from dvc.repo import Repo
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -83,3 +84,25 @@ def test_each_rule_reads_the_same_params_as_its_dvc_stage(pipeline_dir):
         keys = [re.sub(r"\$\{item\.(\w+)\}", r"{\1}", k) for k in stage.get("params", [])]
         assert sorted(keys) == sorted(smk.get(name, [])), name
     assert set(smk) - {"all"} == set(dvc)
+
+
+def test_default_study_expands_to_one_train_job_per_method_and_seed(pipeline_dir):
+    shutil.copy2(REPO / "params.yaml", pipeline_dir / "params.yaml")
+    study = yaml.safe_load((pipeline_dir / "params.yaml").read_text())["study"]
+    expected = {f"train@{m}-{s}" for m in study["methods"] for s in study["seeds"]}
+    assert len(expected) >= 6
+
+    smk = snakemake_jobs(pipeline_dir)
+    smk_train = {
+        f"train@{cmd.split('--method ')[1].split()[0]}-{cmd.split('--seed ')[1].split()[0]}"
+        for cmd, job in smk.items()
+        if job["rule"] == "train"
+    }
+    assert smk_train == expected
+
+    for args in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        run_cli(args, pipeline_dir)
+    # `dvc repro --dry` stops at the first stage whose inputs do not exist yet; `dvc stage list` shows the
+    # whole expanded matrix.
+    listed = run_cli(["dvc", "stage", "list"], pipeline_dir)
+    assert set(re.findall(r"^(train@\S+)", listed.stdout, flags=re.M)) == expected

@@ -15,17 +15,32 @@ pytestmark = pytest.mark.e2e
 def _check_outputs(root):
     manifest = json.loads((root / "data/prepared/manifest.json").read_text())
     assert manifest["count"] == 500 and manifest["shape"] == [28, 28, 1] and manifest["num_classes"] == 10
-    bins = pd.read_parquet(root / "results/train/vanilla/seed0/loss_bins.parquet")
-    assert set(bins["bin"]) == set(range(20)) and bins["step"].max() == 40
-    summary = json.loads((root / "results/train/vanilla/seed0/summary.json").read_text())
-    assert summary["iterations"] == 40 and np.isfinite(summary["final_loss"])
-    with np.load(root / "results/samples/vanilla/seed0/samples.npz") as npz:
-        assert npz["images"].shape == (20, 28, 28, 1) and npz["images"].dtype == np.uint8
-        assert npz["labels"].tolist() == [i % 10 for i in range(20)]
-    settings = json.loads((root / "results/samples/vanilla/seed0/settings.json").read_text())
-    assert settings["sampler"] == "ddpm" and settings["steps"] == 20 and settings["model_step"] == 40
-    # A finished run leaves no resumable state behind.
-    assert not (root / "checkpoints/train/vanilla/seed0").exists()
+    for method in ("vanilla", "dtd"):
+        run = root / "results/train" / method / "seed0"
+        bins = pd.read_parquet(run / "loss_bins.parquet")
+        assert set(bins["bin"]) == set(range(20)) and bins["step"].max() == 40
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["iterations"] == 40 and np.isfinite(summary["final_loss"])
+        transitions = pd.read_parquet(run / "transitions.parquet")
+        assert list(transitions.columns) == ["step", "from_stage", "to_stage"]
+        with np.load(root / "results/samples" / method / "seed0/samples.npz") as npz:
+            assert npz["images"].shape == (20, 28, 28, 1) and npz["images"].dtype == np.uint8
+            assert npz["labels"].tolist() == [i % 10 for i in range(20)]
+        settings = json.loads((root / "results/samples" / method / "seed0/settings.json").read_text())
+        assert settings["sampler"] == "ddpm" and settings["steps"] == 20 and settings["model_step"] == 40
+        # A finished run leaves no resumable state behind.
+        assert not (root / "checkpoints/train" / method / "seed0").exists()
+    # vanilla has no stages; dtd (tau_max 0) climbs through several clusters, easiest first, and the
+    # effective timestep histogram shows it: early log rows see only high-noise bins.
+    assert pd.read_parquet(root / "results/train/vanilla/seed0/transitions.parquet").empty
+    dtd = pd.read_parquet(root / "results/train/dtd/seed0/transitions.parquet")
+    assert (
+        len(dtd) >= 3
+        and (dtd["to_stage"] == dtd["from_stage"] + 1).all()
+        and dtd["step"].is_monotonic_increasing
+    )
+    first_rows = pd.read_parquet(root / "results/train/dtd/seed0/loss_bins.parquet").query("step == 10")
+    assert first_rows.query("count > 0")["bin"].min() >= 20 - 1 - int(dtd["step"].lt(10).sum())
 
 
 def test_snakemake_runs_the_smoke_pipeline_and_then_has_nothing_to_do(smoke_snakemake_run):

@@ -20,20 +20,25 @@ from conftest import run_cli
 
 pytestmark = pytest.mark.e2e
 
-TRAIN, SAMPLE = "train@vanilla-0", "sample@vanilla-0"
-
-DOWNSTREAM = {"prepare_data": {TRAIN}, TRAIN: {SAMPLE}, "train@vanilla-1": {"sample@vanilla-1"}}
+TRAIN = {"train@vanilla-0", "train@dtd-0"}
+SAMPLE = {"sample@vanilla-0", "sample@dtd-0"}
+DOWNSTREAM = {
+    "prepare_data": TRAIN,
+    **{f"train@{m}-{s}": {f"sample@{m}-{s}"} for m in ("vanilla", "dtd") for s in (0, 1)},
+}
 
 # (params key path, new value, the jobs that read it directly)
 PARAM_CASES = [
     (("data", "subset_seed"), 1, {"prepare_data"}),
-    (("diffusion", "vp", "beta_schedule"), "cosine", {TRAIN}),
-    (("model", "class_dropout"), 0.2, {TRAIN}),
-    (("curriculum", "num_clusters"), 10, {TRAIN}),
-    (("train", "lr"), 5e-4, {TRAIN}),
-    (("sample", "steps"), 10, {SAMPLE}),
-    # A new seed adds its own jobs (both new, so both listed) and touches no finished run.
-    (("study", "seeds"), [0, 1], {"train@vanilla-1", "sample@vanilla-1"}),
+    (("diffusion", "vp", "beta_schedule"), "cosine", TRAIN),
+    (("model", "class_dropout"), 0.2, TRAIN),
+    (("curriculum", "num_clusters"), 10, TRAIN),
+    (("train", "lr"), 5e-4, TRAIN),
+    (("strategies", "dtd", "tau_max"), 3, {"train@dtd-0"}),
+    (("strategies", "clts", "lambda_end"), 3.0, set()),  # a method not in the study: nothing runs
+    (("sample", "steps"), 10, SAMPLE),
+    # A new seed adds its own jobs (all new, so all listed) and touches no finished run.
+    (("study", "seeds"), [0, 1], {"train@vanilla-1", "sample@vanilla-1", "train@dtd-1", "sample@dtd-1"}),
 ]
 
 
@@ -107,7 +112,11 @@ def test_a_params_edit_reruns_exactly_its_readers(driver, tmp_path, path, value,
 
 @pytest.mark.parametrize(
     ("source_file", "expected"),
-    [("stages/sample.py", {SAMPLE}), ("src/diffusion_curriculum/training.py", {TRAIN})],
+    [
+        ("stages/sample.py", SAMPLE),
+        ("src/diffusion_curriculum/training.py", TRAIN),
+        ("src/diffusion_curriculum/timesteps/curriculum.py", TRAIN),
+    ],
 )
 def test_a_code_edit_reruns_its_stage(driver, tmp_path, source_file, expected):
     source, plan, expand = driver

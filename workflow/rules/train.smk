@@ -24,6 +24,7 @@ rule train:
         model="results/train/{method}/seed{seed}/model.pt",
         loss_bins="results/train/{method}/seed{seed}/loss_bins.parquet",
         log="results/train/{method}/seed{seed}/train_log.parquet",
+        transitions="results/train/{method}/seed{seed}/transitions.parquet",
         summary="results/train/{method}/seed{seed}/summary.json",
     log:
         "logs/train/{method}/seed{seed}.log",

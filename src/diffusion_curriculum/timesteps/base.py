@@ -20,12 +20,16 @@ from ..schedules import NoiseSchedule
 
 __all__ = [
     "CURRICULUM_FORMAT_VERSION",
+    "BELOW_ONE",
     "Intervals",
     "TimestepStrategy",
     "Vanilla",
     "DeviceTables",
     "PiecewiseUniform",
     "as_device",
+    "expectation_under",
+    "same_device",
+    "select_row",
     "unit_draw",
 ]
 
@@ -167,3 +171,133 @@ class TimestepStrategy:
             raise ValueError(f"strategy {self.name!r} has no state, got keys {sorted(state)}")
 
 
+class Vanilla(TimestepStrategy):
+    """The framework's own training density: u ~ U[0, 1), t = from_unit(u) (uniform t for VP and flow,
+    log-normal sigma for EDM)."""
+
+    name = "vanilla"
+
+    def sample(self, batch, generator, device=None):
+        return self.schedule.sample_t(batch, generator=generator, device=device)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Helpers shared by the strategies.
+
+#: The largest float64 below 1: draws from an inverse CDF stay in [0, 1) like those of torch.rand.
+BELOW_ONE = 1.0 - 2.0**-53
+
+
+def as_device(device) -> torch.device:
+    return torch.device("cpu") if device is None else torch.device(device)
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Device equality that treats ``cuda`` (the current device) and ``cuda:0`` alike, so state is not
+    shuttled back and forth between two spellings of one device."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def unit_draw(batch: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """u ~ U[0, 1) in float64 from the caller's generator (the only randomness a strategy uses)."""
+    return torch.rand(batch, generator=generator, dtype=torch.float64, device=device)
+
+
+class DeviceTables:
+    """Constant tensors built once on the CPU and copied to each device at most once.
+
+    A strategy runs every step; re-uploading a table each time would cost a host-to-device copy from
+    pageable memory, which waits for the GPU queue.
+    """
+
+    def __init__(self) -> None:
+        self._cpu: dict[str, torch.Tensor] = {}
+        self._copies: dict[tuple[str, str, int | None], torch.Tensor] = {}
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        self._cpu[name] = tensor.detach().cpu()
+        self._copies = {k: v for k, v in self._copies.items() if k[0] != name}
+
+    def get(self, name: str, device: torch.device) -> torch.Tensor:
+        key = (name, device.type, device.index)
+        table = self._copies.get(key)
+        if table is None:
+            table = self._copies[key] = self._cpu[name].to(device)
+        return table
+
+
+def select_row(table: torch.Tensor, row: int | torch.Tensor) -> torch.Tensor:
+    """Row ``row`` of a 2-D table; a 0-dim tensor row is looked up with ``index_select`` because plain
+    indexing by a 0-dim tensor converts it to a Python int (a host sync)."""
+    if isinstance(row, torch.Tensor):
+        return table.index_select(0, row.reshape(1)).squeeze(0)
+    return table[row]
+
+
+class PiecewiseUniform:
+    """Rows of piecewise-constant densities on [0, 1) over shared cell edges e_0 = 0 < ... < e_K = 1.
+
+    Row s puts probability m_{s,k} (``masses``, normalised per row) on cell [e_k, e_{k+1}), uniformly
+    inside the cell.  Sampling is the exact inverse CDF with one uniform r per draw:
+
+        M_{s,j} = sum_{k<j} m_{s,k},   j = max{j : M_{s,j} <= r},
+        u = e_j + (r - M_{s,j}) (e_{j+1} - e_j) / m_{s,j}
+
+    A right-sided search never lands on a cell of zero mass (it skips the flat steps of M), and u is
+    clipped to the largest float below e_{j+1} so that rounding cannot push a draw into the next cell.
+    """
+
+    def __init__(self, edges: Sequence[float], masses: torch.Tensor):
+        edges_t = torch.as_tensor(edges, dtype=torch.float64)
+        masses = torch.as_tensor(masses, dtype=torch.float64).reshape(-1, len(edges_t) - 1)
+        if (masses < 0).any() or (masses.sum(1) <= 0).any():
+            raise ValueError("every row of masses must be non-negative with a positive sum")
+        masses = masses / masses.sum(1, keepdim=True)
+        cum = torch.zeros(masses.shape[0], masses.shape[1] + 1, dtype=torch.float64)
+        cum[:, 1:] = masses.cumsum(1)
+        cum[:, -1] = 1.0
+        widths = edges_t[1:] - edges_t[:-1]
+        self.num_cells = masses.shape[1]
+        self.edges = edges_t
+        self.masses = masses
+        self.tables = DeviceTables()
+        self.tables.add("cum", cum)
+        self.tables.add("scale", torch.where(masses > 0, widths / masses.clamp(min=1e-300), 0.0))
+        self.tables.add("lower", edges_t[:-1])
+        self.tables.add("upper", torch.nextafter(edges_t[1:], edges_t[:-1]))
+
+    def sample(self, r: torch.Tensor, row: int | torch.Tensor) -> torch.Tensor:
+        dev = r.device
+        cum = select_row(self.tables.get("cum", dev), row)
+        scale = select_row(self.tables.get("scale", dev), row)
+        j = (torch.searchsorted(cum, r, right=True) - 1).clamp_(0, self.num_cells - 1)
+        u = self.tables.get("lower", dev)[j] + (r - cum[j]) * scale[j]
+        return torch.minimum(u, self.tables.get("upper", dev)[j])
+
+    def cdf(self, u: torch.Tensor, row: int) -> torch.Tensor:
+        """CDF of row ``row`` at u (CPU; for normalisation and checks)."""
+        u = torch.as_tensor(u, dtype=torch.float64).clamp(0.0, 1.0)
+        cum = self.tables.get("cum", torch.device("cpu"))[row]
+        density = self.masses[row] / (self.edges[1:] - self.edges[:-1])
+        j = (torch.searchsorted(self.edges, u, right=True) - 1).clamp(0, self.num_cells - 1)
+        return (cum[j] + density[j] * (u - self.edges[j])).clamp(max=1.0)
+
+
+def expectation_under(
+    schedule: NoiseSchedule,
+    cdf: Callable[[torch.Tensor], torch.Tensor],
+    pdf: Callable[[torch.Tensor], torch.Tensor],
+    fn_t: Callable[[torch.Tensor], torch.Tensor],
+    grid: int = 1 << 16,
+) -> float:
+    """E[f(t)] when u has CDF ``cdf`` / density ``pdf`` on [0, 1) and t = from_unit(u).
+
+    Discrete schedules: the exact sum over t of P(t) f(t), P(t) = F((t+1)/T) - F(t/T), because
+    from_unit maps the cell [t/T, (t+1)/T) to t.  Continuous ones: the midpoint rule on ``grid`` cells of u.
+    """
+    if schedule.discrete:
+        t = torch.arange(schedule.num_timesteps)
+        lo, hi = schedule.to_unit(t), schedule.to_unit(t + 1)
+        return float((cdf(hi) - cdf(lo)).mul(fn_t(t)).sum())
+    u = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
+    return float((pdf(u) * fn_t(schedule.from_unit(u))).mean())
