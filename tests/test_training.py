@@ -5,7 +5,7 @@ import torch
 
 from diffusion_curriculum.models import create_model
 from diffusion_curriculum.schedules import make_schedule
-from diffusion_curriculum.timesteps import Intervals, Vanilla
+from diffusion_curriculum.timesteps import Intervals, make_strategy
 from diffusion_curriculum.training import CHECKPOINT_NAME, train_loop
 
 
@@ -28,11 +28,12 @@ def run(
     schedule = make_schedule(framework)
     intervals = Intervals.uniform(5)
     images, labels = blob_images()
+    method, strategy_params = kw.pop("strategy", ("vanilla", {}))
     args = dict(
         net=net,
         schedule=schedule,
         prediction=prediction,
-        strategy=Vanilla(schedule, intervals),
+        strategy=make_strategy(method, schedule, intervals, **strategy_params),
         intervals=intervals,
         images=images,
         labels=labels,
@@ -88,6 +89,33 @@ def test_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path, stop_after):
     _assert_same_state(straight.net, second.net)
     _assert_same_state(straight.ema, second.ema)
     assert straight.history == second.history
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        ("dtd", {"tau_max": 0}),
+        ("clts", {"total_steps": 30, "momentum_decay": True}),
+        ("speed", {"k": 5.0}),
+        ("naive_cl", {"stage_steps": 4}),
+    ],
+    ids=lambda s: s[0],
+)
+def test_stateful_strategies_resume_mid_stage_with_the_same_transitions_and_weights(tmp_path, strategy):
+    straight = run(tmp_path / "straight", iterations=30, strategy=strategy)
+    if strategy[0] in ("dtd", "naive_cl"):
+        steps = [row["step"] for row in straight.history["transitions"]]
+        assert len(steps) >= 2, steps
+        # Stop strictly inside a stage: between two transitions, off the checkpoint grid.
+        stop_after = next(s + 1 for s in steps if (s + 1) % 10 and s + 1 < 30)
+    else:
+        stop_after = 13
+    run(tmp_path / "resumed", iterations=30, stop_after=stop_after, strategy=strategy)
+    resumed = run(tmp_path / "resumed", iterations=30, init_seed=99, strategy=strategy)
+    assert resumed.resumed_from == stop_after
+    assert resumed.history == straight.history  # the same transitions at the same steps, the same logs
+    _assert_same_state(straight.net, resumed.net)
+    _assert_same_state(straight.ema, resumed.ema)
 
 
 def test_checkpoint_of_another_configuration_is_not_resumed(tmp_path):

@@ -203,7 +203,7 @@ def train_loop(
                         "step": step,
                         "bin": b,
                         "count": int(counts[b]),
-                        "loss": sums[b] / counts[b] if counts[b] else float("nan"),
+                        "loss": sums[b] / counts[b] if counts[b] else None,  # no sample in this bin
                     }
                 )
             mean_loss = running_loss.item() / max(running_count, 1)
