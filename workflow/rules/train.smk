@@ -30,6 +30,10 @@ rule train:
         "logs/train/{method}/seed{seed}.log",
     conda:
         PIPELINE_ENV
+    resources:
+        # One GPU per training run: the SLURM profile submits it as sbatch --gpus=1; locally,
+        # --resources gpu=N keeps concurrent runs to the machine's N GPUs (unlimited if not given).
+        gpu=1,
     params:
         file=PARAMS_FILE,
         sections=sections(
