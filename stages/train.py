@@ -49,10 +49,11 @@ def with_run_facts(method: str, strategy_params: dict, diffusion: dict, train: d
 
 
 def _write_table(rows: list[dict], path: Path, columns: list[str] | None = None) -> None:
+    frame = pd.DataFrame(rows, columns=columns)
+    if columns and not rows:  # an empty table keeps integer columns, so readers need no special case
+        frame = frame.astype("int64")
     with atomic_path(path) as tmp:
-        pd.DataFrame(rows, columns=columns).astype("int64" if columns and not rows else {}).to_parquet(
-            tmp, index=False
-        )
+        frame.to_parquet(tmp, index=False)
 
 
 def main(argv: list[str] | None = None) -> None:
