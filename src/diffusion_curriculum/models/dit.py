@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import LabelEmbedder, TimestepEmbedder, batch_times
+from .layers import LabelEmbedder, TimestepEmbedder, check_input, embed_conditions
 
 __all__ = ["DIT_SIZES", "DiT", "sincos_pos_embed_2d"]
 
@@ -205,16 +205,9 @@ class DiT(nn.Module):
         *,
         force_drop_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if x.ndim != 4 or tuple(x.shape[1:]) != (self.in_channels, *self.input_size):
-            raise ValueError(
-                f"DiT built for inputs (B, {self.in_channels}, {self.input_size[0]}, {self.input_size[1]}), "
-                f"got {tuple(x.shape)}"
-            )
-        b = x.shape[0]
+        check_input(self, x)
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
-        c = self.t_embed(batch_times(t, b, x.device))
-        if self.y_embed is not None:
-            c = c + self.y_embed(y, b, force_drop_ids)
+        c = embed_conditions(self.t_embed, self.y_embed, t, y, x, force_drop_ids)
         for block in self.blocks:
             tokens = block(tokens, c)
         return self.unpatchify(self.final(tokens, c))

@@ -134,3 +134,27 @@ class LabelEmbedder(nn.Module):
             force_drop_ids,
         )
         return self.table(idx)
+
+
+def check_input(model: nn.Module, x: torch.Tensor) -> None:
+    """Reject an input whose shape differs from the one the network was built for, naming both."""
+    if x.ndim != 4 or tuple(x.shape[1:]) != (model.in_channels, *model.input_size):
+        expected = (model.in_channels, *model.input_size)
+        shape = ", ".join(map(str, expected))
+        raise ValueError(f"{type(model).__name__} built for inputs (B, {shape}), got {tuple(x.shape)}")
+
+
+def embed_conditions(
+    t_embed: TimestepEmbedder,
+    y_embed: LabelEmbedder | None,
+    t: torch.Tensor | float,
+    y: torch.Tensor | None,
+    x: torch.Tensor,
+    force_drop_ids: torch.Tensor | None,
+) -> torch.Tensor:
+    """The conditioning vector: time embedding plus, for class-conditional networks, label embedding."""
+    b = x.shape[0]
+    c = t_embed(batch_times(t, b, x.device))
+    if y_embed is not None:
+        c = c + y_embed(y, b, force_drop_ids)
+    return c

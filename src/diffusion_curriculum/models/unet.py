@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import LabelEmbedder, TimestepEmbedder, batch_times
+from .layers import LabelEmbedder, TimestepEmbedder, check_input, embed_conditions
 
 __all__ = ["UNET_CONFIGS", "UNet"]
 
@@ -242,15 +242,8 @@ class UNet(nn.Module):
         *,
         force_drop_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if x.ndim != 4 or tuple(x.shape[1:]) != (self.in_channels, *self.input_size):
-            raise ValueError(
-                f"UNet built for inputs (B, {self.in_channels}, {self.input_size[0]}, {self.input_size[1]}), "
-                f"got {tuple(x.shape)}"
-            )
-        b = x.shape[0]
-        emb = self.t_embed(batch_times(t, b, x.device))
-        if self.y_embed is not None:
-            emb = emb + self.y_embed(y, b, force_drop_ids)
+        check_input(self, x)
+        emb = embed_conditions(self.t_embed, self.y_embed, t, y, x, force_drop_ids)
 
         h = self.conv_in(x)
         skips = [h]
