@@ -20,7 +20,7 @@ from diffusion_curriculum.losses import Denoiser
 from diffusion_curriculum.models import create_model
 from diffusion_curriculum.schedules import make_schedule
 
-from . import _cli, params
+from . import _cli, gpu, params
 
 
 def load_denoiser(path: str | Path, use_ema: bool, device: str) -> tuple[Denoiser, dict]:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args(argv)
     cfg = params.sections(args.params, "sample")["sample"]
-    device = params.resolve_device(cfg["device"])
+    device = gpu.pick_device(params.resolve_device(cfg["device"]))
 
     denoiser, ckpt = load_denoiser(args.model, cfg["use_ema"], device)
     arch = ckpt["arch"]

@@ -27,7 +27,7 @@ from diffusion_curriculum.schedules import make_schedule
 from diffusion_curriculum.timesteps import Intervals, make_strategy, strategy_parameters
 from diffusion_curriculum.training import train_loop
 
-from . import _cli, params
+from . import _cli, gpu, params
 
 # Exit status of a run stopped by SIGTERM / SIGUSR1 after writing its checkpoint (EX_TEMPFAIL: "try
 # again"); Snakemake's retries and SLURM's requeue start the job again and it resumes.
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.params}: method {args.method!r} has no entry under 'strategies' "
             f"(configured: {sorted(cfg['strategies'])})"
         )
-    device = params.resolve_device(train_cfg["device"])
+    device = gpu.pick_device(params.resolve_device(train_cfg["device"]))
 
     dataset = data.read_parquet(args.data)
     images, labels = data.to_training_tensor(dataset)
