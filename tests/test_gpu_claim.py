@@ -48,3 +48,10 @@ def test_gives_up_with_a_clear_message_when_nothing_frees(tmp_path):
     for proc in (holder, other):
         proc.kill()
         proc.wait()
+
+
+def test_jobs_per_device_fills_every_device_before_sharing_one(tmp_path):
+    got = [claim_device(2, tmp_path, wait_s=0.5, poll_s=0.1, jobs_per_device=2) for _ in range(4)]
+    assert got == [0, 1, 0, 1]
+    with pytest.raises(RuntimeError):
+        claim_device(2, tmp_path, wait_s=0.3, poll_s=0.1, jobs_per_device=2)
