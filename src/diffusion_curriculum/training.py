@@ -3,6 +3,14 @@
 Checkpoints hold everything that decides the future of a run (network, EMA, optimiser, every RNG,
 the strategy's state, the step, the logs so far), so a run stopped at step k and resumed ends
 bitwise equal to an uninterrupted one on CPU.
+
+Data parallel (``torch.distributed`` initialised by the caller, e.g. under ``torchrun``): every rank
+draws the *global* batch's images, timesteps and noise from the same seeded streams and trains on its
+own slice of it, and the strategy observes the gathered per-sample losses of the whole batch.  So the
+ranks together see exactly the batch a single process would, every rank's strategy makes the same
+decisions, and the run matches a single-process run of the same global batch up to floating-point
+summation order (label dropout, drawn inside the network per rank, is the one exception).  Rank 0 writes
+checkpoints; all ranks keep identical EMA weights.
 """
 
 from __future__ import annotations
@@ -15,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
@@ -96,9 +106,16 @@ def train_loop(
     if bf16 is None:
         bf16 = device.type == "cuda"
 
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} is not divisible by the {world} data-parallel ranks")
+    local = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
+
     torch.manual_seed(seed)  # label dropout inside the network draws from the global RNG
     net = net.to(device)
-    denoiser = Denoiser(net, schedule, prediction)
+    trained = DistributedDataParallel(net) if distributed else net
+    denoiser = Denoiser(trained, schedule, prediction)
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=lr, betas=adam_betas, weight_decay=weight_decay, fused=device.type == "cuda"
@@ -135,6 +152,8 @@ def train_loop(
     resumed_from = step
 
     def save_checkpoint() -> None:
+        if rank != 0:
+            return
         rng = {"torch": torch.get_rng_state(), **{name: g.get_state() for name, g in gens.items()}}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
@@ -164,16 +183,22 @@ def train_loop(
     bar = tqdm(total=iterations, initial=step, desc="train", disable=not progress, mininterval=2.0)
     completed = True
     while step < iterations:
+        # The global batch is drawn on every rank; each rank trains on its slice (see module docstring).
         idx = torch.randint(n_images, (batch_size,), generator=gens["data"], device=images.device)
-        x0 = images[idx]
         if hflip:
             flip = torch.rand(batch_size, generator=gens["data"], device=images.device) < 0.5
-            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        idx = idx[local]
+        x0 = images[idx]
+        if hflip:
+            x0 = torch.where(flip[local, None, None, None], x0.flip(-1), x0)
         x0 = x0.to(device, non_blocking=True)
         y = labels[idx].to(device, non_blocking=True) if labels is not None else None
         strategy.before_step(step, optimizer)
-        t = strategy.sample(batch_size, gens["timesteps"], device=device)
-        noise = torch.randn(x0.shape, generator=gens["noise"], device=device, dtype=x0.dtype)
+        t_all = strategy.sample(batch_size, gens["timesteps"], device=device)
+        noise = torch.randn(
+            (batch_size, *x0.shape[1:]), generator=gens["noise"], device=device, dtype=x0.dtype
+        )
+        t, noise = t_all[local], noise[local]
         with autocast:
             per_sample = denoising_loss(denoiser, x0, t, noise, y, weight=strategy.weights(t))
         loss = per_sample.mean()
@@ -186,11 +211,15 @@ def train_loop(
         step += 1
 
         detached = per_sample.detach()
-        strategy.observe(step, t, detached)
-        bins = intervals.index(schedule, t)
+        if distributed:
+            parts = [torch.empty_like(detached) for _ in range(world)]
+            dist.all_gather(parts, detached)
+            detached = torch.cat(parts)
+        strategy.observe(step, t_all, detached)
+        bins = intervals.index(schedule, t_all)
         bin_sum.index_add_(0, bins, detached.to(torch.float64))
         bin_count.index_add_(0, bins, ones)
-        running_loss += loss.detach().to(torch.float64)
+        running_loss += detached.to(torch.float64).mean()
         running_count += 1
 
         if step % log_every == 0 or step == iterations:
@@ -217,6 +246,10 @@ def train_loop(
         if step % checkpoint_every == 0 or step == iterations:
             save_checkpoint()
         stop_requested = should_stop is not None and should_stop()
+        if distributed and should_stop is not None:  # every rank stops at the same step
+            flag = torch.tensor([float(stop_requested)], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop_requested = bool(flag.item())
         if step < iterations and (stop_requested or (stop_after is not None and step >= stop_after)):
             if step % checkpoint_every:
                 save_checkpoint()
