@@ -1,0 +1,193 @@
+"""Evaluation metrics on scikit-learn's bundled 8x8 digits, with a random-projection stand-in extractor.
+
+The real Inception weights cannot be downloaded here, so the Inception path is checked with a tiny
+TorchScript stand-in saved under clean-fid's file name.
+"""
+
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+from diffusion_curriculum import metrics
+from diffusion_curriculum.metrics import (
+    DomainFeatures,
+    compute_metrics,
+    extract_features,
+    fid_from_features,
+    inception_extractor,
+    inception_score,
+    kid_from_features,
+    precision_recall,
+    reference_stats,
+)
+
+torch.set_num_threads(1)
+
+SIZE, DIM, CLASSES = 8, 24, 10
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    """1797 grey 8x8 digits as uint8 NHW, shuffled so halves are exchangeable."""
+    images = (load_digits().images * (255 / 16)).round().astype(np.uint8)
+    return images[np.random.default_rng(0).permutation(len(images))]
+
+
+def _weights(seed: int, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) / shape[0] ** 0.5
+
+
+PROJ = _weights(1, SIZE * SIZE, DIM)
+HEAD = _weights(2, DIM, CLASSES) * 20  # large so that some predictions are confident
+
+
+def projection_extractor(x: torch.Tensor) -> torch.Tensor:
+    """Stand-in extractor: grey value in [-1, 1], flattened, through a fixed random projection."""
+    grey = x.mean(dim=1) / 127.5 - 1
+    return grey.flatten(1) @ PROJ
+
+
+class ProjectionNet(nn.Module):
+    """A classifier with the interface DomainFeatures expects, whose features are the same projection."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ PROJ
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.features(x)) @ HEAD
+
+
+def test_fid_self_halves_noise(digits):
+    feats = extract_features(digits, projection_extractor)
+    half = len(feats) // 2
+    scale = np.trace(np.cov(feats, rowvar=False))
+    noise = np.random.default_rng(3).integers(0, 256, digits.shape, dtype=np.uint8)
+    fid_self = fid_from_features(feats, feats)
+    fid_halves = fid_from_features(feats[:half], feats[half:])
+    fid_noise = fid_from_features(feats, extract_features(noise, projection_extractor))
+    assert abs(fid_self) < 1e-6 * scale
+    assert 0 < fid_halves < 0.1 * scale
+    assert fid_noise > 20 * fid_halves
+
+
+def test_kid_self_and_noise(digits):
+    feats = extract_features(digits, projection_extractor)
+    half = len(feats) // 2
+    noise = np.random.default_rng(4).integers(0, 256, digits.shape, dtype=np.uint8)
+    kid_self = kid_from_features(feats, feats, num_subsets=10)
+    kid_halves = kid_from_features(feats[:half], feats[half:], num_subsets=10)
+    kid_noise = kid_from_features(feats, extract_features(noise, projection_extractor), num_subsets=10)
+    # Unbiased MMD^2 on two random subsets: zero in expectation, so only sampling noise remains.
+    assert abs(kid_self) < 1e-2 * kid_noise
+    assert abs(kid_halves) < 1e-2 * kid_noise
+    # Seeded and side-effect free on NumPy's global generator.
+    state = np.random.get_state()[1].copy()  # noqa: NPY002
+    assert kid_from_features(feats[:half], feats[half:], num_subsets=10) == kid_halves
+    assert np.array_equal(np.random.get_state()[1], state)  # noqa: NPY002
+
+
+def test_precision_recall(digits):
+    feats = extract_features(digits, projection_extractor)
+    assert precision_recall(feats, feats, k=3) == (1.0, 1.0)
+    shifted = extract_features(np.roll(digits, 3, axis=2), projection_extractor)
+    precision, recall = precision_recall(feats, shifted, k=3)
+    assert precision < 0.9 and recall < 0.9
+    # Chunking is an implementation detail.
+    assert precision_recall(feats, shifted, k=3, chunk=100) == (precision, recall)
+    # Fakes covering only some classes keep precision high but lose recall.
+    labels = load_digits().target[np.random.default_rng(0).permutation(len(digits))]
+    p_few, r_few = precision_recall(feats, feats[labels < 3], k=3)
+    assert p_few == 1.0 and r_few < 0.5
+
+
+def test_inception_score_bounds():
+    one_hot = np.tile(np.eye(CLASSES), (20, 1))  # each split of 20 rows holds every class twice
+    mean, std = inception_score(one_hot, splits=10)
+    assert mean == pytest.approx(CLASSES) and std == pytest.approx(0, abs=1e-9)
+    same = np.tile(np.random.default_rng(5).dirichlet(np.ones(CLASSES)), (200, 1))
+    mean, std = inception_score(same, splits=10)
+    assert mean == pytest.approx(1.0) and std == pytest.approx(0, abs=1e-9)
+
+
+def test_domain_features_match_plain_path(digits):
+    domain = DomainFeatures(ProjectionNet(), in_channels=1, image_size=SIZE)
+    plain = extract_features(digits, projection_extractor)
+    wrapped = extract_features(digits, domain)
+    np.testing.assert_allclose(wrapped, plain, rtol=1e-6, atol=1e-6)
+    # RGB input from clean-fid at another size is accepted and resized to the classifier's size.
+    assert domain(torch.full((2, 3, 299, 299), 255.0)).shape == (2, DIM)
+
+    fake = np.roll(digits[:600], 1, axis=1)
+    kw = {"kid_subsets": 5, "kid_subset_size": 300}
+    by_plain = compute_metrics(digits, fake, projection_extractor, **kw)
+    by_domain = compute_metrics(digits, fake, domain, probs_fn=domain.probs, **kw)
+    for key in ("fid", "kid", "precision", "recall"):
+        assert by_domain[key] == pytest.approx(by_plain[key], rel=1e-4, abs=1e-6), key
+    assert 1.0 < by_domain["is_mean"] <= CLASSES and by_domain["is_std"] >= 0
+    assert set(by_plain) == {"fid", "kid", "precision", "recall"}
+
+
+def test_cached_reference_and_rgb(digits):
+    ref = reference_stats(digits, projection_extractor, batch_size=500)
+    fake = digits[::-1][:400]
+    kw = {"kid_subsets": 5, "kid_subset_size": 300, "batch_size": 128}
+    direct = compute_metrics(digits, fake, projection_extractor, **kw)
+    cached = compute_metrics(None, fake, projection_extractor, reference=ref, **kw)
+    assert cached == direct
+    # Grey NHW, NHW1 and replicated NHW3 uint8 or float are the same images.
+    rgb = np.repeat(fake[..., None], 3, axis=-1)
+    for variant in (fake[..., None], rgb, rgb.astype(np.float32)):
+        assert compute_metrics(None, variant, projection_extractor, reference=ref, **kw) == direct
+    with pytest.raises(ValueError, match="reference"):
+        compute_metrics(None, fake, projection_extractor)
+
+
+def test_inception_extractor_missing_file(tmp_path):
+    missing = tmp_path / "nope" / "inception.pt"
+    with pytest.raises(FileNotFoundError, match="inception.pt") as err:
+        inception_extractor(missing)
+    assert "/tmp/inception-2015-12-05.pt" in str(err.value)
+
+
+class _FakeInception(nn.Module):
+    """Shaped like clean-fid's TorchScript Inception: a ``layers`` module giving 2048 features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(3, 2048, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def test_inception_extractor_loads_local_file_without_download(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("clean-fid tried to download")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    torch.manual_seed(0)
+    weights = tmp_path / metrics.INCEPTION_FILENAME
+    torch.jit.script(_FakeInception()).save(str(weights))
+    extract = inception_extractor(weights)
+    feats = extract_features(np.repeat(load_digits().images[:4, ..., None] * 16, 3, axis=-1), extract)
+    assert feats.shape == (4, 2048) and np.isfinite(feats).all()
+
+
+def test_domain_features_as_cleanfid_custom_extractor(digits, tmp_path):
+    from cleanfid import fid
+    from PIL import Image
+
+    for name, images in (("a", digits[:40]), ("b", digits[:40]), ("noise", 255 - digits[:40])):
+        (tmp_path / name).mkdir()
+        for i, img in enumerate(images):
+            Image.fromarray(img).save(tmp_path / name / f"{i}.png")
+    domain = DomainFeatures(ProjectionNet(), in_channels=1, image_size=SIZE)
+    kw = {"mode": "clean", "custom_feat_extractor": domain, "device": torch.device("cpu")}
+    kw |= {"num_workers": 0, "batch_size": 20, "verbose": False}
+    same = fid.compute_fid(str(tmp_path / "a"), str(tmp_path / "b"), **kw)
+    inverted = fid.compute_fid(str(tmp_path / "a"), str(tmp_path / "noise"), **kw)
+    assert abs(same) < 1e-6 and inverted > 1.0
