@@ -10,6 +10,7 @@ run is in progress; a rerun with the same configuration continues from it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 
 from diffusion_curriculum import data
 from diffusion_curriculum.io import atomic_path, atomic_write_json
@@ -48,6 +50,20 @@ def with_run_facts(method: str, strategy_params: dict, diffusion: dict, train: d
     return {**{k: v for k, v in facts.items() if k in accepted}, **strategy_params}
 
 
+def relaunch_under_torchrun(ranks: int, argv: list[str] | None) -> None:
+    """Replace this process by ``torchrun`` with ``ranks`` copies of the same command (one per GPU)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+    os.execv(sys.executable, [*command, "-m", "stages.train", *(sys.argv[1:] if argv is None else argv)])
+
+
+def start_data_parallel(device: str) -> int:
+    """Join the process group torchrun set up (NCCL on GPUs, gloo on CPU); return this rank."""
+    if device.startswith("cuda"):
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank()
+
+
 def _write_table(rows: list[dict], path: Path, columns: list[str] | None = None) -> None:
     frame = pd.DataFrame(rows, columns=columns)
     if columns and not rows:  # an empty table keeps integer columns, so readers need no special case
@@ -74,7 +90,15 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.params}: method {args.method!r} has no entry under 'strategies' "
             f"(configured: {sorted(cfg['strategies'])})"
         )
-    device = gpu.pick_device(params.resolve_device(train_cfg["device"]))
+    ranks = train_cfg["data_parallel"]
+    if ranks > 1 and "LOCAL_RANK" not in os.environ:
+        relaunch_under_torchrun(ranks, argv)
+    device = params.resolve_device(train_cfg["device"])
+    rank = start_data_parallel(device) if "LOCAL_RANK" in os.environ else None
+    if rank is not None:
+        device = f"cuda:{os.environ['LOCAL_RANK']}" if device.startswith("cuda") else device
+    else:
+        device = gpu.pick_device(device)
 
     dataset = data.read_parquet(args.data)
     images, labels = data.to_training_tensor(dataset)
@@ -158,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(EXIT_PREEMPTED)
 
+    if rank:  # rank 0 writes the outputs; the others are done
+        return
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _write_table(result.history["bins"], out / "loss_bins.parquet")

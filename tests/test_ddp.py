@@ -8,15 +8,20 @@ logged losses; a rank that trained on the wrong slice, or a strategy that saw on
 misses by orders of magnitude more.
 """
 
+import sys
+
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import yaml
 
 from diffusion_curriculum.models import create_model
 from diffusion_curriculum.schedules import make_schedule
 from diffusion_curriculum.timesteps import Intervals, make_strategy
 from diffusion_curriculum.training import train_loop
 
+from conftest import run_cli
 from test_training import blob_images
 
 ITERATIONS, BATCH = 20, 16
@@ -74,3 +79,26 @@ def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path):
         expected = [row["loss"] for row in single.history["steps"]]
         torch.testing.assert_close(torch.tensor(losses), torch.tensor(expected), rtol=1e-5, atol=0)
     assert (tmp_path / "ckpt" / "checkpoint.pt").exists()  # written by rank 0 only
+
+
+@pytest.mark.e2e
+def test_train_stage_relaunches_under_torchrun_and_matches_one_process(pipeline_dir):
+    cfg = yaml.safe_load((pipeline_dir / "params.yaml").read_text())
+    cfg["model"]["class_dropout"] = 0.0  # drawn per rank inside the network: the one non-shared draw
+    cfg["train"].update(iterations=12, batch_size=8, log_every=4, checkpoint_every=4)
+    for ranks in (1, 2):
+        cfg["train"]["data_parallel"] = ranks
+        (pipeline_dir / f"params{ranks}.yaml").write_text(yaml.safe_dump(cfg))
+    run_cli([sys.executable, "-m", "stages.prepare_data", "--params", "params1.yaml"], pipeline_dir)
+    for ranks in (1, 2):
+        proc = run_cli(
+            [sys.executable, "-m", "stages.train", "--params", f"params{ranks}.yaml", "--data",
+             "data/prepared/train.parquet", "--method", "dtd", "--seed", "0", "--out-dir", f"out{ranks}",
+             "--checkpoint-dir", f"ckpt{ranks}"],
+            pipeline_dir,
+        )  # fmt: skip
+    assert proc.stdout.count("train[dtd, seed 0]") == 2  # both ranks started
+    one, two = (torch.load(pipeline_dir / f"out{r}" / "model.pt", weights_only=True) for r in (1, 2))
+    for key, value in one["net"].items():
+        torch.testing.assert_close(two["net"][key], value, atol=1e-4, rtol=0, msg=key)
+    assert not (pipeline_dir / "ckpt2").exists()

@@ -31,9 +31,10 @@ rule train:
     conda:
         PIPELINE_ENV
     resources:
-        # One GPU per training run: the SLURM profile submits it as sbatch --gpus=1; locally,
-        # --resources gpu=N keeps concurrent runs to the machine's N GPUs (unlimited if not given).
-        gpu=1,
+        # One GPU per data-parallel process of a run (train.data_parallel): the SLURM profile submits
+        # it as sbatch --gpus=N; locally, --resources gpu=K keeps concurrent runs to the machine's K
+        # GPUs (unlimited if not given).
+        gpu=config["train"]["data_parallel"],
     params:
         file=PARAMS_FILE,
         sections=sections(
