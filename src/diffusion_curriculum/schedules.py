@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .device_tables import DeviceTables
+
 __all__ = [
     "VPSchedule",
     "EDMSchedule",
@@ -122,9 +124,12 @@ class VPSchedule(NoiseSchedule):
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         # log-SNR decreases strictly with t; kept ascending (negated) for searchsorted.
         self._neg_log_snr = -(self.alphas_cumprod.log() - (-self.alphas_cumprod).log1p())
+        self._tables = DeviceTables()  # the loss looks alpha_bar up every step, on the training device
+        self._tables.add("alphas_cumprod", self.alphas_cumprod)
+        self._tables.add("neg_log_snr", self._neg_log_snr)
 
     def alpha_sigma(self, t):
-        abar = self.alphas_cumprod.to(device=t.device)[t.long()]
+        abar = self._tables.get("alphas_cumprod", t.device)[t.long()]
         return abar.sqrt(), (1.0 - abar).sqrt()
 
     def from_unit(self, u):
@@ -143,7 +148,7 @@ class VPSchedule(NoiseSchedule):
         """Nearest discrete timestep (in log-SNR) to the given noise level."""
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
         target = 2.0 * sigma.log()  # -log SNR
-        table = self._neg_log_snr.to(sigma.device)
+        table = self._tables.get("neg_log_snr", sigma.device)
         hi = torch.searchsorted(table, target).clamp(1, self.num_timesteps - 1)
         lo = hi - 1
         # Signed distances (table[lo] < table[hi]): target beyond either end of the table then picks that

@@ -6,6 +6,7 @@ rule sample:
             "samplers",
             "losses",
             "schedules",
+            "device_tables",
             "data",
             "io",
             "models/__init__",

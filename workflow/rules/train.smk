@@ -6,6 +6,7 @@ rule train:
             "training",
             "losses",
             "schedules",
+            "device_tables",
             "timesteps/__init__",
             "timesteps/base",
             "timesteps/clts",

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..device_tables import DeviceTables
 from ..schedules import NoiseSchedule
 
 __all__ = [
@@ -47,6 +48,7 @@ class Intervals:
     unit_edges: tuple[float, ...]
     order: tuple[int, ...]
     rule: str = "uniform"
+    _tables: DeviceTables = field(default_factory=DeviceTables, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         edges = self.unit_edges
@@ -56,6 +58,7 @@ class Intervals:
             raise ValueError(f"unit_edges must be strictly increasing, got {edges}")
         if sorted(self.order) != list(range(len(edges) - 1)):
             raise ValueError(f"order must be a permutation of 0..{len(edges) - 2}, got {self.order}")
+        self._tables.add("inner_edges", torch.tensor(edges[1:-1], dtype=torch.float64))
 
     @property
     def num(self) -> int:
@@ -74,8 +77,7 @@ class Intervals:
     def index(self, schedule: NoiseSchedule, t: torch.Tensor) -> torch.Tensor:
         """Cluster index (0 = C_1, lowest noise) of each timestep."""
         u = schedule.to_unit(t).to(torch.float64)
-        inner = self.edges_tensor(u.device)[1:-1]
-        return torch.bucketize(u, inner, right=True)
+        return torch.bucketize(u, self._tables.get("inner_edges", u.device), right=True)
 
     def to_json(self, schedule: NoiseSchedule | None = None, **extra) -> dict:
         """The ``curriculum.json`` document; native edges are added for readers when a schedule is given."""
@@ -201,29 +203,6 @@ def same_device(a: torch.device, b: torch.device) -> bool:
 def unit_draw(batch: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """u ~ U[0, 1) in float64 from the caller's generator (the only randomness a strategy uses)."""
     return torch.rand(batch, generator=generator, dtype=torch.float64, device=device)
-
-
-class DeviceTables:
-    """Constant tensors built once on the CPU and copied to each device at most once.
-
-    A strategy runs every step; re-uploading a table each time would cost a host-to-device copy from
-    pageable memory, which waits for the GPU queue.
-    """
-
-    def __init__(self) -> None:
-        self._cpu: dict[str, torch.Tensor] = {}
-        self._copies: dict[tuple[str, str, int | None], torch.Tensor] = {}
-
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        self._cpu[name] = tensor.detach().cpu()
-        self._copies = {k: v for k, v in self._copies.items() if k[0] != name}
-
-    def get(self, name: str, device: torch.device) -> torch.Tensor:
-        key = (name, device.type, device.index)
-        table = self._copies.get(key)
-        if table is None:
-            table = self._copies[key] = self._cpu[name].to(device)
-        return table
 
 
 def select_row(table: torch.Tensor, row: int | torch.Tensor) -> torch.Tensor:
