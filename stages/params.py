@@ -49,7 +49,42 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
     if errors:
         deepest = max(errors, key=lambda e: len(e.absolute_path))
         raise ParamsError(_describe(deepest, source))
+    check_consistency(params, source)
     return params
+
+
+def check_consistency(params: dict, source: str = "params.yaml") -> None:
+    """Rules that tie keys together, which the schema cannot express."""
+    train = params["train"]
+    late = [s for s in train["snapshots"] if s > train["iterations"]]
+    if late:
+        raise ParamsError(
+            f"{source}: train.snapshots {late} lie beyond train.iterations = {train['iterations']}"
+        )
+    if train["iterations"] not in train["snapshots"]:
+        raise ParamsError(
+            f"{source}: train.snapshots must include the final step train.iterations = "
+            f"{train['iterations']} (the final FID is read there)"
+        )
+    num = params["curriculum"]["num_clusters"]
+    # The list exists only because DVC's matrix needs one; the convergence table needs every interval.
+    if params["experts"]["intervals"] != list(range(1, num + 1)):
+        raise ParamsError(
+            f"{source}: experts.intervals must list 1..curriculum.num_clusters = {num} in order "
+            f"(got {params['experts']['intervals']})"
+        )
+    base = params["experts"]["stitch_base"]
+    if base["method"] not in params["study"]["methods"] or base["seed"] not in params["study"]["seeds"]:
+        raise ParamsError(
+            f"{source}: experts.stitch_base {base} is not a run of the study (study.methods "
+            f"{params['study']['methods']}, study.seeds {params['study']['seeds']})"
+        )
+    baseline = params["report"]["baseline"]
+    if baseline not in params["study"]["methods"]:
+        raise ParamsError(
+            f"{source}: report.baseline {baseline!r} is not one of study.methods "
+            f"{params['study']['methods']} (differences are paired against it)"
+        )
 
 
 def load(path: str | Path) -> dict:

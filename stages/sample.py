@@ -56,13 +56,28 @@ def main(argv: list[str] | None = None) -> None:
     ap = _cli.parser(__doc__)
     ap.add_argument("--model", required=True, help="model.pt written by train")
     ap.add_argument("--out-dir", required=True)
+    ap.add_argument(
+        "--expert",
+        default=None,
+        help="an expert's model.pt (train_expert): it denoises inside its interval, --model elsewhere",
+    )
     args = ap.parse_args(argv)
     cfg = params.sections(args.params, "sample")["sample"]
     device = gpu.pick_device(params.resolve_device(cfg["device"]))
 
     denoiser, ckpt = load_denoiser(args.model, cfg["use_ema"], device)
+    stitched = None
+    if args.expert:
+        expert, expert_ckpt = load_denoiser(args.expert, cfg["use_ema"], device)
+        if expert_ckpt["arch"] != ckpt["arch"] or expert_ckpt["schedule"] != ckpt["schedule"]:
+            raise ValueError(f"{args.expert} and {args.model} differ in architecture or noise schedule")
+        stitched = expert_ckpt["interval"]
+        denoiser = samplers.stitched_denoiser(
+            denoiser, expert, denoiser.schedule, stitched["unit_low"], stitched["unit_high"]
+        )
     arch = ckpt["arch"]
     num_classes = arch["num_classes"]
+    schedule = make_schedule(**ckpt["schedule"])
     shape = (arch["in_channels"], arch["input_size"], arch["input_size"])
     generator = torch.Generator(device=device).manual_seed(cfg["seed"])
     sampler_kwargs = {}
@@ -81,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         noise = torch.randn((n, *shape), generator=generator, device=device)
         x = samplers.sample(
             x0_fn,
-            denoiser.schedule,
+            schedule,
             noise,
             cfg["sampler"],
             cfg["steps"],
@@ -111,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
             "model_step": ckpt["step"],
             "method": ckpt["method"],
             "train_seed": ckpt["seed"],
+            "expert": {"model": str(args.expert), **stitched} if stitched else None,
             **cfg,
             "device": device,
         },

@@ -4,7 +4,8 @@ Writes ``model.pt`` (weights, EMA weights and everything needed to rebuild the m
 ``loss_bins.parquet`` (loss and sample count per timestep interval every ``log_every`` steps: the
 difficulty signal and the effective timestep histogram), ``train_log.parquet`` (mean loss and curriculum
 stage per log row), ``transitions.parquet`` (every curriculum stage change: step, from, to) and
-``summary.json``.  A resumable checkpoint lives in ``--checkpoint-dir`` while the
+``summary.json``, and ``snapshots/step{N}.pt`` for every step N of ``train.snapshots`` (scored by
+evaluate for FID versus iterations).  A resumable checkpoint lives in ``--checkpoint-dir`` while the
 run is in progress; a rerun with the same configuration continues from it.
 """
 
@@ -38,8 +39,11 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 TRANSITION_COLUMNS = ["step", "from_stage", "to_stage"]
 
-SECTIONS = ("diffusion", "model", "curriculum", "strategies", "train")  # strategies: only [method] is used
+# strategies: only [method] is used.  The clusters come from --curriculum (cluster_difficulty's file);
+# without it, curriculum.num_clusters uniform intervals.
+SECTIONS = ("diffusion", "model", "strategies", "train")
 MODEL_FORMAT = 1
+SNAPSHOT_DIR = "snapshots"  # step{N}.pt for every N in train.snapshots, in model.pt's format
 
 
 def with_run_facts(method: str, strategy_params: dict, diffusion: dict, train: dict) -> dict:
@@ -64,6 +68,24 @@ def start_data_parallel(device: str) -> int:
     return dist.get_rank()
 
 
+def snapshot_name(step: int) -> str:
+    return f"step{step}.pt"
+
+
+def publish_snapshots(pending: Path, target: Path, steps: list[int]) -> None:
+    """Move the configured snapshots into the outputs as one directory, replacing any older one."""
+    missing = [s for s in steps if not (pending / snapshot_name(s)).is_file()]
+    if missing:
+        raise FileNotFoundError(f"snapshots for steps {missing} are missing from {pending}")
+    staging = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for step in steps:
+        os.replace(pending / snapshot_name(step), staging / snapshot_name(step))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+
+
 def _write_table(rows: list[dict], path: Path, columns: list[str] | None = None) -> None:
     frame = pd.DataFrame(rows, columns=columns)
     if columns and not rows:  # an empty table keeps integer columns, so readers need no special case
@@ -81,7 +103,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--checkpoint-dir", required=True, help="resumable checkpoint while the run is in progress"
     )
-    ap.add_argument("--curriculum", default=None, help="curriculum.json (default: N uniform intervals)")
+    ap.add_argument(
+        "--curriculum",
+        default=None,
+        help="curriculum.json (default: curriculum.num_clusters uniform intervals)",
+    )
     args = ap.parse_args(argv)
     cfg = params.sections(args.params, *SECTIONS)
     diff, model_cfg, train_cfg = cfg["diffusion"], cfg["model"], cfg["train"]
@@ -109,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.curriculum:
         intervals = Intervals.load(args.curriculum)
     else:
-        intervals = Intervals.uniform(cfg["curriculum"]["num_clusters"])
+        num = params.sections(args.params, "curriculum")["curriculum"]["num_clusters"]
+        intervals = Intervals.uniform(num)
     strategy_params = cfg.pop("strategies")[args.method]
     cfg["strategy"] = strategy_params
     strategy = make_strategy(
@@ -148,6 +175,30 @@ def main(argv: list[str] | None = None) -> None:
     for signum in STOP_SIGNALS:
         signal.signal(signum, request_stop)
 
+    def model_record(step: int, trained_net: torch.nn.Module, ema_net: torch.nn.Module) -> dict:
+        """What sample and the other readers of a model need to rebuild it (model.pt and snapshots)."""
+        return {
+            "format": MODEL_FORMAT,
+            "arch": arch,
+            "schedule": schedule_kwargs,
+            "prediction": diff["prediction"],
+            "data": {"kind": dataset.kind, "sha256": manifest_hash},
+            "method": args.method,
+            "seed": args.seed,
+            "step": step,
+            "net": trained_net.state_dict(),
+            "ema": ema_net.state_dict(),
+        }
+
+    # Snapshots wait beside the checkpoint until the run completes: a failed job's outputs are
+    # deleted by the workflow manager, the checkpoint directory is not.
+    pending_snapshots = Path(args.checkpoint_dir) / SNAPSHOT_DIR
+
+    def write_snapshot(step: int, trained_net: torch.nn.Module, ema_net: torch.nn.Module) -> None:
+        pending_snapshots.mkdir(parents=True, exist_ok=True)
+        with atomic_path(pending_snapshots / snapshot_name(step)) as tmp:
+            torch.save(model_record(step, trained_net, ema_net), tmp)
+
     started = time.perf_counter()
     result = train_loop(
         net=net,
@@ -171,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         device=device,
         fingerprint=fingerprint,
+        snapshot_steps=train_cfg["snapshots"],
+        on_snapshot=write_snapshot,
         should_stop=lambda: stop["signal"] is not None,
     )
     elapsed = time.perf_counter() - started
@@ -190,21 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     _write_table(result.history["steps"], out / "train_log.parquet")
     _write_table(result.history["transitions"], out / "transitions.parquet", TRANSITION_COLUMNS)
     with atomic_path(out / "model.pt") as tmp:
-        torch.save(
-            {
-                "format": MODEL_FORMAT,
-                "arch": arch,
-                "schedule": schedule_kwargs,
-                "prediction": diff["prediction"],
-                "data": {"kind": dataset.kind, "sha256": manifest_hash},
-                "method": args.method,
-                "seed": args.seed,
-                "step": result.step,
-                "net": result.net.state_dict(),
-                "ema": result.ema.state_dict(),
-            },
-            tmp,
-        )
+        torch.save(model_record(result.step, result.net, result.ema), tmp)
+    publish_snapshots(pending_snapshots, out / SNAPSHOT_DIR, train_cfg["snapshots"])
     steps_run = result.step - result.resumed_from
     atomic_write_json(
         {

@@ -159,9 +159,11 @@ class _FakeInception(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.layers = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(3, 2048, 1))
+        self.head = nn.Linear(2048, 1008)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        feats = self.layers((x - 128) / 128).flatten(1)
+        return feats if return_features else torch.softmax(self.head(feats), dim=1)
 
 
 def test_inception_extractor_loads_local_file_without_download(tmp_path, monkeypatch):
@@ -173,8 +175,12 @@ def test_inception_extractor_loads_local_file_without_download(tmp_path, monkeyp
     weights = tmp_path / metrics.INCEPTION_FILENAME
     torch.jit.script(_FakeInception()).save(str(weights))
     extract = inception_extractor(weights)
-    feats = extract_features(np.repeat(load_digits().images[:4, ..., None] * 16, 3, axis=-1), extract)
+    images = np.repeat(load_digits().images[:4, ..., None] * 16, 3, axis=-1)
+    feats = extract_features(images, extract)
     assert feats.shape == (4, 2048) and np.isfinite(feats).all()
+    probs = extract.probs(metrics.images_to_tensor(images))
+    assert probs.shape == (4, 1008)
+    np.testing.assert_allclose(probs.sum(dim=1).numpy(), 1.0, rtol=1e-6)
 
 
 def test_domain_features_as_cleanfid_custom_extractor(digits, tmp_path):

@@ -49,6 +49,7 @@ __all__ = [
     "CLEANFID_WEIGHTS_DIR",
     "FeatureExtractor",
     "DomainFeatures",
+    "InceptionFeatures",
     "inception_extractor",
     "images_to_tensor",
     "extract_features",
@@ -88,8 +89,8 @@ def inception_extractor(
     already so named, otherwise symlinked into ``/tmp`` (or, if ``/tmp`` holds a different file of that
     name, into a private temporary folder).
 
-    The returned extractor applies clean-fid's ``"clean"`` preprocessing -- per-channel PIL bicubic
-    resize of the float image to 299x299 (Parmar et al. 2022, "On Aliased Resizing and Surprising
+    The returned :class:`InceptionFeatures` applies clean-fid's ``"clean"`` preprocessing -- per-channel
+    PIL bicubic resize of the float image to 299x299 (Parmar et al. 2022, "On Aliased Resizing and Surprising
     Subtleties in GAN Evaluation") -- unless the input is already 299x299, then maps [0, 255] to
     [-1, 1] and runs the network (both inside ``InceptionV3W``).
 
@@ -98,7 +99,6 @@ def inception_extractor(
             expects the file).
     """
     from cleanfid.inception_torchscript import InceptionV3W
-    from cleanfid.resize import build_resizer
 
     path = Path(weights_path)
     expected = CLEANFID_WEIGHTS_DIR / INCEPTION_FILENAME
@@ -109,18 +109,38 @@ def inception_extractor(
             "or pass its local path."
         )
     folder = _canonical_weights_folder(path)
-    model = InceptionV3W(str(folder), download=False, resize_inside=False).to(device).eval()
-    resize = build_resizer("clean")
+    return InceptionFeatures(InceptionV3W(str(folder), download=False, resize_inside=False), device)
 
-    def extract(x: torch.Tensor) -> torch.Tensor:
+
+class InceptionFeatures:
+    """clean-fid's Inception as a feature extractor (pool3, 2048-d) and an IS ``probs_fn`` (1008 classes).
+
+    Both take what clean-fid passes a custom extractor: float ``(N, 3, H, W)`` in [0, 255].  ``probs``
+    calls the TorchScript network's own head (``return_features=False``), which returns the softmax over
+    the 1008 outputs of the TF Inception that the original Inception Score (Salimans et al. 2016) used.
+    """
+
+    def __init__(self, wrapper: nn.Module, device: str | torch.device = "cpu") -> None:
+        from cleanfid.resize import build_resizer
+
+        self.model = wrapper.to(device).eval()
+        self.device = torch.device(device)
+        self._resize = build_resizer("clean")
+
+    def resized(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[2:]) != (299, 299):
             # clean-fid resizes HWC numpy images one by one; doing the same keeps features identical.
             hwc = x.detach().cpu().permute(0, 2, 3, 1).numpy()
-            x = torch.from_numpy(np.stack([resize(img) for img in hwc])).permute(0, 3, 1, 2)
-        with torch.no_grad():
-            return model(x.float().to(device))
+            x = torch.from_numpy(np.stack([self._resize(img) for img in hwc])).permute(0, 3, 1, 2)
+        return x.float().to(self.device)
 
-    return extract
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(self.resized(x))
+
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model.base(self.resized(x), return_features=False).double()
 
 
 def _canonical_weights_folder(path: Path) -> Path:

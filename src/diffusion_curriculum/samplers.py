@@ -388,3 +388,34 @@ def sample(
     except KeyError:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {list(SAMPLERS)}") from None
     return fn(x0_fn, schedule, noise, steps=steps, generator=generator, **kw)
+
+
+def stitched_denoiser(
+    base: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
+    expert: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
+    schedule: NoiseSchedule,
+    unit_low: float,
+    unit_high: float,
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
+    """``expert`` for timesteps whose unit time lies in ``[unit_low, unit_high)``, ``base`` elsewhere.
+
+    The stitching protocol of Kim et al. (``seeds/002``, appendix B): an expert trained on one interval
+    replaces the model trained on all timesteps inside that interval only.  Samplers pass one t for the
+    whole batch, so each call runs exactly one of the two networks; mixed batches are split.
+    """
+    if not 0.0 <= unit_low < unit_high <= 1.0:
+        raise ValueError(f"need 0 <= unit_low < unit_high <= 1, got [{unit_low}, {unit_high})")
+
+    def denoise(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        u = schedule.to_unit(t)
+        inside = (u >= unit_low) & ((u < unit_high) if unit_high < 1.0 else torch.ones_like(u, dtype=bool))
+        if bool(inside.all()):
+            return expert(x, t, y)
+        if not bool(inside.any()):
+            return base(x, t, y)
+        out = base(x, t, y)
+        sel = inside.nonzero().squeeze(1)
+        out[sel] = expert(x[sel], t[sel], None if y is None else y[sel]).to(out.dtype)
+        return out
+
+    return denoise

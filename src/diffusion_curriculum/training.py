@@ -91,6 +91,8 @@ def train_loop(
     device: str | torch.device = "cpu",
     bf16: bool | None = None,  # bf16 autocast; None = on for CUDA, off elsewhere
     fingerprint: str = "",  # identifies the configuration; a checkpoint with another one is ignored
+    snapshot_steps: tuple[int, ...] | list[int] = (),  # steps after which `on_snapshot` is called
+    on_snapshot: Callable[[int, nn.Module, nn.Module], None] | None = None,  # (step, net, ema net), rank 0
     stop_after: int | None = None,  # stop (checkpoint written) once this many steps are done
     should_stop: Callable[[], bool] | None = None,  # polled after every step, e.g. set by a SIGTERM handler
     progress: bool = True,
@@ -177,6 +179,7 @@ def train_loop(
     autocast = (
         torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     )
+    snapshot_set = frozenset(snapshot_steps)
     n_images = images.shape[0]
     ones = torch.ones(batch_size, dtype=torch.float64, device=device)
     net.train()
@@ -243,6 +246,10 @@ def train_loop(
             running_count = 0
             bar.set_postfix(loss=f"{mean_loss:.4f}", stage=stage, refresh=False)
         bar.update(1)
+        # Before the checkpoint of the same step: a run resumed from a checkpoint past a snapshot step
+        # never revisits it, so that snapshot must already be on disk.
+        if on_snapshot is not None and rank == 0 and step in snapshot_set:
+            on_snapshot(step, net, ema.module)
         if step % checkpoint_every == 0 or step == iterations:
             save_checkpoint()
         stop_requested = should_stop is not None and should_stop()

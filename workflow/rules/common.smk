@@ -30,12 +30,15 @@ def _params_file():
 PARAMS_FILE = _params_file()
 METHODS = config["study"]["methods"]
 SEEDS = config["study"]["seeds"]
+SNAPSHOTS = config["train"]["snapshots"]
 LIB = "src/diffusion_curriculum"
 
 
 wildcard_constraints:
     method="[A-Za-z0-9_]+",
     seed=r"\d+",
+    step=r"\d+",
+    interval=r"\d+",
 
 
 def code(stage, *modules):

@@ -1,6 +1,6 @@
 rule sample:
     input:
-        model="results/train/{method}/seed{seed}/model.pt",
+        snapshots="results/train/{method}/seed{seed}/snapshots",
         code=code(
             "sample",
             "samplers",
@@ -15,17 +15,18 @@ rule sample:
             "models/unet",
         ),
     output:
-        samples="results/samples/{method}/seed{seed}/samples.npz",
-        grid="results/samples/{method}/seed{seed}/grid.png",
-        settings="results/samples/{method}/seed{seed}/settings.json",
+        samples="results/samples/{method}/seed{seed}/step{step}/samples.npz",
+        grid="results/samples/{method}/seed{seed}/step{step}/grid.png",
+        settings="results/samples/{method}/seed{seed}/step{step}/settings.json",
     log:
-        "logs/sample/{method}/seed{seed}.log",
+        "logs/sample/{method}/seed{seed}/step{step}.log",
     conda:
         PIPELINE_ENV
     params:
         file=PARAMS_FILE,
         sections=sections("sample"),
-        out_dir="results/samples/{method}/seed{seed}",
+        out_dir="results/samples/{method}/seed{seed}/step{step}",
     shell:
-        "python -m stages.sample --params {params.file} --model {input.model}"
+        "python -m stages.sample --params {params.file}"
+        " --model {input.snapshots}/step{wildcards.step}.pt"
         " --out-dir {params.out_dir} > {log} 2>&1"

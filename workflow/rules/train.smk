@@ -1,6 +1,7 @@
 rule train:
     input:
         data="data/prepared/train.parquet",
+        curriculum="results/curriculum/curriculum.json",
         code=code(
             "train",
             "training",
@@ -27,6 +28,7 @@ rule train:
         log="results/train/{method}/seed{seed}/train_log.parquet",
         transitions="results/train/{method}/seed{seed}/transitions.parquet",
         summary="results/train/{method}/seed{seed}/summary.json",
+        snapshots=directory("results/train/{method}/seed{seed}/snapshots"),
     log:
         "logs/train/{method}/seed{seed}.log",
     conda:
@@ -38,12 +40,10 @@ rule train:
         gpu=config["train"]["data_parallel"],
     params:
         file=PARAMS_FILE,
-        sections=sections(
-            "diffusion", "model", "curriculum", "train", "strategies.{method}"
-        ),
+        sections=sections("diffusion", "model", "train", "strategies.{method}"),
         out_dir="results/train/{method}/seed{seed}",
         checkpoint_dir="checkpoints/train/{method}/seed{seed}",
     shell:
         "python -m stages.train --params {params.file} --data {input.data}"
-        " --method {wildcards.method} --seed {wildcards.seed}"
+        " --curriculum {input.curriculum} --method {wildcards.method} --seed {wildcards.seed}"
         " --out-dir {params.out_dir} --checkpoint-dir {params.checkpoint_dir} > {log} 2>&1"

@@ -1,0 +1,91 @@
+"""Aggregation and reporting of a comparison of timestep strategies over seeds.
+
+The functions take long tables (pandas DataFrames) and output paths; nothing here knows about
+``params.yaml`` or where the pipeline keeps its files.
+
+Input tables
+------------
+* ``metrics``: ``method`` (str), ``seed`` (int), ``step`` (int, training iteration of the snapshot),
+  ``metric`` (``fid``, ``kid``, ``is_mean``, ``is_std``, ``precision``, ``recall``), ``value`` (float).
+* ``loss_bins``: ``method``, ``seed``, ``step``, ``bin`` (0-based interval, 0 = lowest noise), ``count``,
+  ``loss`` (NaN when ``count`` is 0).
+* ``train_log``: ``method``, ``seed``, ``step``, ``loss``, ``stage`` (curriculum stage; constant for the
+  methods without a curriculum).
+* ``transitions``: ``method``, ``seed``, ``step``, ``from_stage``, ``to_stage`` (may be empty).
+* ``kl``: ``t``, ``unit`` (t in [0, 1]), ``kl``, ``kl_stderr``.
+* ``convergence``: ``interval`` (1..N), ``unit_low``, ``unit_high``, ``oscillation_onset``,
+  ``plateau_step``, ``final_loss`` (more columns are ignored).
+
+Modules
+-------
+* :mod:`.stats` -- summaries over seeds with Student-t intervals, paired differences to a baseline,
+  iterations needed to reach the baseline's final metric;
+* :mod:`.tables` -- ``mean ± CI`` cells, the human comparison table, GitHub Markdown tables;
+* :mod:`.figures` -- the PNG figures (a fixed colour per method across all of them);
+* :mod:`.html` -- the self-contained HTML report and the Markdown report.
+"""
+
+from .figures import (
+    METHOD_COLORS,
+    method_color,
+    method_order,
+    plot_convergence,
+    plot_curriculum_timeline,
+    plot_kl,
+    plot_loss_bins,
+    plot_metric_vs_iterations,
+)
+from .html import (
+    Image,
+    Table,
+    Text,
+    markdown_to_html,
+    render_html,
+    render_markdown,
+    write_html_report,
+    write_markdown_report,
+)
+from .stats import (
+    better_direction,
+    first_crossing,
+    iterations_to_reach,
+    iterations_to_reach_mean_curve,
+    mean_ci,
+    metric_label,
+    reach_steps,
+    summarize,
+    t_half_width,
+)
+from .tables import format_mean_ci, markdown_table, reach_table, results_table
+
+__all__ = [
+    "METHOD_COLORS",
+    "Image",
+    "Table",
+    "Text",
+    "better_direction",
+    "first_crossing",
+    "format_mean_ci",
+    "iterations_to_reach",
+    "iterations_to_reach_mean_curve",
+    "markdown_table",
+    "markdown_to_html",
+    "mean_ci",
+    "method_color",
+    "method_order",
+    "metric_label",
+    "plot_convergence",
+    "plot_curriculum_timeline",
+    "plot_kl",
+    "plot_loss_bins",
+    "plot_metric_vs_iterations",
+    "reach_steps",
+    "reach_table",
+    "render_html",
+    "render_markdown",
+    "results_table",
+    "summarize",
+    "t_half_width",
+    "write_html_report",
+    "write_markdown_report",
+]

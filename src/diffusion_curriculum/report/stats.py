@@ -1,0 +1,466 @@
+"""Statistics over seeds: final-step summaries, paired differences to a baseline, iterations to reach it.
+
+Everything here takes long tables (pandas DataFrames) and returns DataFrames; nothing knows about
+configuration files or pipeline paths.
+
+Input schema
+------------
+*metrics* is one row per evaluated snapshot and metric, with columns ``method`` (str), ``seed`` (int),
+``step`` (int, the training iteration of the snapshot), ``metric`` (str: ``fid``, ``kid``, ``is_mean``,
+``is_std``, ``precision``, ``recall``, or any other name) and ``value`` (float).  Each
+(method, seed, step, metric) must occur at most once.  NaN values (a failed evaluation is not a
+measurement) never enter a statistic and ``n`` counts the finite values that did; they still count as
+snapshots, so a run's final step is its last snapshot in the table whatever its values.
+
+Confidence intervals
+--------------------
+A confidence interval is given by its half-width: ``t_{(1+c)/2, n-1} * s / sqrt(n)`` with ``s`` the sample
+standard deviation (``ddof=1``) of the ``n`` values and ``c`` the confidence (0.95 by default), i.e.
+Student's t interval of a mean over seeds.  With fewer than two values there is no estimate of the spread
+and the half-width is NaN: no interval is invented.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "METRIC_ORDER",
+    "METRIC_LABELS",
+    "better_direction",
+    "metric_label",
+    "t_half_width",
+    "mean_ci",
+    "summarize",
+    "first_crossing",
+    "reach_steps",
+    "iterations_to_reach",
+    "iterations_to_reach_mean_curve",
+]
+
+METRIC_COLUMNS = ("method", "seed", "step", "metric", "value")
+
+# Canonical order of the metrics in tables; unknown metrics follow in order of appearance.
+METRIC_ORDER = ("fid", "kid", "is_mean", "is_std", "precision", "recall")
+
+# "lower" / "higher" is better; metrics without an entry (is_std: a spread over splits) have no direction.
+_DIRECTION = {
+    "fid": "lower",
+    "kid": "lower",
+    "is_mean": "higher",
+    "is": "higher",
+    "precision": "higher",
+    "recall": "higher",
+}
+
+METRIC_LABELS = {
+    "fid": "FID",
+    "kid": "KID",
+    "is_mean": "IS",
+    "is": "IS",
+    "is_std": "IS std",
+    "precision": "precision",
+    "recall": "recall",
+}
+
+
+def better_direction(metric: str) -> str | None:
+    """``"lower"`` (FID, KID), ``"higher"`` (IS, precision, recall) or ``None`` when no side is better."""
+    return _DIRECTION.get(metric)
+
+
+def metric_label(metric: str) -> str:
+    """Display name of a metric (``fid`` -> ``FID``); unknown names are returned unchanged."""
+    return METRIC_LABELS.get(metric, metric)
+
+
+def _lower_is_better(metric: str, lower_is_better: bool | None) -> bool:
+    if lower_is_better is not None:
+        return bool(lower_is_better)
+    direction = better_direction(metric)
+    if direction is None:
+        raise ValueError(
+            f"metric {metric!r} has no known better direction; pass lower_is_better=True or False "
+            f"(known: {', '.join(sorted(_DIRECTION))})"
+        )
+    return direction == "lower"
+
+
+def t_half_width(std: float, n: int, confidence: float = 0.95) -> float:
+    """Half-width of Student's t confidence interval of a mean of ``n`` values with sample std ``std``.
+
+    ``t_{(1+confidence)/2, n-1} * std / sqrt(n)``; NaN when ``n < 2`` or ``std`` is not finite.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+    if n < 2 or not math.isfinite(std):
+        return math.nan
+    return float(sps.t.ppf(0.5 + confidence / 2.0, n - 1) * std / math.sqrt(n))
+
+
+def mean_ci(values: Iterable[float], confidence: float = 0.95) -> tuple[int, float, float, float]:
+    """``(n, mean, std, half_width)`` of the finite ``values`` (std with ``ddof=1``; NaN where undefined)."""
+    arr = np.asarray(list(values), dtype=float)
+    arr = arr[np.isfinite(arr)]
+    n = int(arr.size)
+    mean = float(arr.mean()) if n else math.nan
+    std = float(arr.std(ddof=1)) if n >= 2 else math.nan
+    return n, mean, std, t_half_width(std, n, confidence)
+
+
+# --------------------------------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------------------------------
+
+
+def _require_columns(frame: pd.DataFrame, columns: Sequence[str], name: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{name} table lacks columns {missing}; it has {list(frame.columns)}")
+
+
+def _metrics_frame(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Validated copy of a metrics table: typed columns, no duplicate keys (NaN values are kept, so that
+    a failed evaluation at the final step does not silently make an earlier snapshot "final")."""
+    _require_columns(metrics, METRIC_COLUMNS, "metrics")
+    frame = metrics.loc[:, list(METRIC_COLUMNS)].copy()
+    frame["method"] = frame["method"].astype(str)
+    frame["metric"] = frame["metric"].astype(str)
+    frame["seed"] = frame["seed"].astype(int)
+    frame["step"] = frame["step"].astype(int)
+    frame["value"] = frame["value"].astype(float)
+    keys = ["method", "seed", "step", "metric"]
+    dup = frame.duplicated(keys, keep=False)
+    if dup.any():
+        example = frame.loc[dup, keys].drop_duplicates().head(3).to_dict("records")
+        raise ValueError(f"metrics table has {int(dup.sum())} rows with a repeated {keys}, e.g. {example}")
+    return frame
+
+
+def _method_order(methods: Iterable[str], baseline: str | None) -> list[str]:
+    order = list(dict.fromkeys(methods))
+    if baseline in order:
+        order.remove(baseline)
+        order.insert(0, baseline)
+    return order
+
+
+def _metric_order(metrics: Iterable[str]) -> list[str]:
+    present = list(dict.fromkeys(metrics))
+    return [m for m in METRIC_ORDER if m in present] + [m for m in present if m not in METRIC_ORDER]
+
+
+def _check_baseline(methods: Sequence[str], baseline: str, what: str = "metrics") -> None:
+    if baseline not in methods:
+        raise ValueError(
+            f"baseline method {baseline!r} is not in the {what} table; methods present: {sorted(methods)}"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Final-step summary
+# --------------------------------------------------------------------------------------------------
+
+
+SUMMARY_COLUMNS = [
+    "method",
+    "metric",
+    "step",
+    "n",
+    "mean",
+    "std",
+    "ci",
+    "better",
+    "baseline",
+    "n_pairs",
+    "diff_mean",
+    "diff_std",
+    "diff_ci",
+]
+
+
+def summarize(
+    metrics: pd.DataFrame,
+    baseline: str | None = "vanilla",
+    confidence: float = 0.95,
+    step: int | None = None,
+) -> pd.DataFrame:
+    """Mean, spread and confidence interval over seeds of every method x metric, and the paired
+    difference to ``baseline``.
+
+    Each method is taken at its *final step* -- the largest ``step`` of that method in the table -- or at
+    ``step`` when given (methods without a snapshot at ``step`` are then left out).  Seeds without a row
+    at that step do not count (an unfinished run is not mixed in with an earlier snapshot).
+
+    The difference to the baseline is **paired over seeds**: for every seed that has a finite value for
+    both the method (at its final step) and the baseline (at the baseline's final step), ``d = method -
+    baseline``; ``diff_mean`` is the mean of these ``d``, ``diff_ci`` the half-width of Student's t
+    interval of that mean (``n_pairs - 1`` degrees of freedom) and ``n_pairs`` their number.  Seeds
+    present on one side only are ignored for the difference (but do count in ``n``/``mean`` of their
+    own side).  Pairing removes the seed-to-seed variation both runs share (data order, initial weights
+    when the seed fixes them), so the interval of the difference is usually much narrower than the
+    intervals of the two means.  The baseline's own rows have ``diff_mean = 0``, ``n_pairs = n`` and
+    ``diff_std = diff_ci = NaN`` (a method compared with itself is not a measurement).
+
+    Args:
+        metrics: long table, see the module docstring.
+        baseline: the method to compare with; ``None`` leaves the ``diff_*`` columns NaN.
+        confidence: confidence level of every interval.
+        step: evaluate every method at this training step instead of at its final step.
+
+    Returns:
+        One row per method x metric (baseline first, then methods in order of appearance; metrics in
+        :data:`METRIC_ORDER`) with columns ``method, metric, step, n, mean, std, ci, better, baseline,
+        n_pairs, diff_mean, diff_std, diff_ci``.  ``ci`` / ``diff_ci`` are half-widths (NaN when fewer
+        than two values); ``better`` is ``"lower"``, ``"higher"`` or ``None``.
+
+    Raises:
+        ValueError: a column is missing, a key is repeated, ``baseline`` is not in the table (the message
+            names it and the methods present) or has no snapshot at ``step``, or no method has ``step``.
+    """
+    frame = _metrics_frame(metrics)
+    methods = list(dict.fromkeys(frame["method"]))
+    if baseline is not None:
+        _check_baseline(methods, baseline)
+    if step is None:
+        final = frame.groupby("method")["step"].transform("max")
+        at = frame[frame["step"] == final]
+    else:
+        at = frame[frame["step"] == int(step)]
+        if at.empty:
+            steps = sorted(set(frame["step"]))
+            raise ValueError(f"no method has a snapshot at step {step}; steps present: {steps}")
+        if baseline is not None and baseline not in set(at["method"]):
+            raise ValueError(
+                f"baseline {baseline!r} has no snapshot at step {step}; its steps: "
+                f"{sorted(set(frame.loc[frame.method == baseline, 'step']))}"
+            )
+
+    base = at[at["method"] == baseline] if baseline is not None else at.iloc[0:0]
+    rows = []
+    for method in _method_order(at["method"], baseline):
+        of_method = at[at["method"] == method]
+        for metric in _metric_order(of_method["metric"]):
+            values = of_method[of_method["metric"] == metric].set_index("seed")["value"]
+            n, mean, std, half = mean_ci(values, confidence)
+            row = {
+                "method": method,
+                "metric": metric,
+                "step": int(of_method["step"].iloc[0]),
+                "n": n,
+                "mean": mean,
+                "std": std,
+                "ci": half,
+                "better": better_direction(metric),
+                "baseline": baseline,
+                "n_pairs": 0,
+                "diff_mean": math.nan,
+                "diff_std": math.nan,
+                "diff_ci": math.nan,
+            }
+            if baseline is not None and method == baseline:
+                row.update(n_pairs=n, diff_mean=0.0 if n else math.nan)
+            elif baseline is not None:
+                ref = base[base["metric"] == metric].set_index("seed")["value"]
+                common = values.index.intersection(ref.index)
+                diffs = values.loc[common] - ref.loc[common]
+                n_pairs, d_mean, d_std, d_half = mean_ci(diffs, confidence)
+                row.update(n_pairs=n_pairs, diff_mean=d_mean, diff_std=d_std, diff_ci=d_half)
+            rows.append(row)
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+# --------------------------------------------------------------------------------------------------
+# Iterations to reach the baseline
+# --------------------------------------------------------------------------------------------------
+
+
+def first_crossing(
+    steps: Sequence[float], values: Sequence[float], target: float, lower_is_better: bool = True
+) -> float:
+    """First step at which a curve known at snapshot ``steps`` reaches ``target``.
+
+    The curve is taken as piecewise linear between snapshots (NaN values are dropped).  If snapshot ``i``
+    is the first with ``value <= target`` (``>=`` when higher is better), the answer is the step where the
+    segment from snapshot ``i-1`` to ``i`` crosses ``target``::
+
+        s_{i-1} + (s_i - s_{i-1}) * (v_{i-1} - target) / (v_{i-1} - v_i)
+
+    If the first snapshot already reaches the target its step is returned (nothing is known before it, so
+    this is an upper bound).  NaN if the curve never reaches ``target`` or ``target`` is NaN.
+    """
+    s = np.asarray(steps, dtype=float)
+    v = np.asarray(values, dtype=float)
+    keep = np.isfinite(s) & np.isfinite(v)
+    s, v = s[keep], v[keep]
+    if s.size == 0 or not math.isfinite(target):
+        return math.nan
+    order = np.argsort(s, kind="stable")
+    s, v = s[order], v[order]
+    reached = v <= target if lower_is_better else v >= target
+    if not reached.any():
+        return math.nan
+    i = int(np.argmax(reached))
+    if i == 0:
+        return float(s[0])
+    s0, s1, v0, v1 = s[i - 1], s[i], v[i - 1], v[i]
+    return float(s0 + (s1 - s0) * (v0 - target) / (v0 - v1))
+
+
+def _speedup(baseline_step: float, step: float) -> float:
+    if not math.isfinite(step):
+        return math.nan
+    return math.inf if step <= 0 else float(baseline_step) / step
+
+
+def _metric_rows(metrics: pd.DataFrame, metric: str, baseline: str) -> pd.DataFrame:
+    frame = _metrics_frame(metrics)
+    _check_baseline(list(dict.fromkeys(frame["method"])), baseline)
+    rows = frame[frame["metric"] == metric]
+    if rows.empty:
+        raise ValueError(
+            f"metrics table has no rows for metric {metric!r}; metrics present: "
+            f"{sorted(set(frame['metric']))}"
+        )
+    if not (rows["method"] == baseline).any():
+        raise ValueError(f"baseline {baseline!r} has no {metric!r} values")
+    return rows
+
+
+def reach_steps(
+    metrics: pd.DataFrame,
+    baseline: str = "vanilla",
+    metric: str = "fid",
+    lower_is_better: bool | None = None,
+) -> pd.DataFrame:
+    """Per method and seed: the training step at which ``metric`` first reaches the baseline's final value.
+
+    Paired over seeds: the target of seed ``k`` is the baseline's value for seed ``k`` at the baseline's
+    final step (its largest step for this metric).  The step is found by :func:`first_crossing`, i.e. by
+    linear interpolation between the two snapshots around the first one that reaches the target.  Seeds
+    without a baseline value at that step are left out.  The baseline's own rows say when the baseline
+    first reached its final value (at the latest, its final step).
+
+    Returns:
+        Columns ``method, seed, target, baseline_step, reach_step, speedup`` with ``speedup =
+        baseline_step / reach_step`` (NaN when never reached).
+    """
+    lower = _lower_is_better(metric, lower_is_better)
+    rows = _metric_rows(metrics, metric, baseline)
+    base = rows[rows["method"] == baseline]
+    baseline_step = int(base["step"].max())
+    targets = base[base["step"] == baseline_step].set_index("seed")["value"]
+    out = []
+    for method in _method_order(rows["method"], baseline):
+        of_method = rows[rows["method"] == method]
+        for seed, curve in of_method.groupby("seed", sort=True):
+            target = float(targets.get(seed, math.nan))
+            if not math.isfinite(target):
+                continue  # no baseline value for this seed: nothing to pair with
+            step = first_crossing(curve["step"], curve["value"], target, lower)
+            out.append(
+                {
+                    "method": method,
+                    "seed": int(seed),
+                    "target": target,
+                    "baseline_step": baseline_step,
+                    "reach_step": step,
+                    "speedup": _speedup(baseline_step, step),
+                }
+            )
+    columns = ["method", "seed", "target", "baseline_step", "reach_step", "speedup"]
+    return pd.DataFrame(out, columns=columns)
+
+
+def iterations_to_reach(
+    metrics: pd.DataFrame,
+    baseline: str = "vanilla",
+    metric: str = "fid",
+    confidence: float = 0.95,
+    lower_is_better: bool | None = None,
+) -> pd.DataFrame:
+    """Per method: how many training steps it needs to match the baseline's final ``metric``, over seeds.
+
+    The per-seed steps come from :func:`reach_steps` (paired over seeds, linear interpolation between
+    snapshots).  ``step_mean`` / ``step_std`` / ``step_ci`` are taken over the seeds that *did* reach the
+    target -- a conditional mean; ``n_reached`` out of ``n_seeds`` says how many did, and all three are NaN
+    when none did.  ``speedup = baseline_step / step_mean`` and its interval ``[speedup_low,
+    speedup_high]`` is the image of the step interval ``step_mean -/+ step_ci`` under that (monotone)
+    map -- so it is asymmetric, and its upper end is ``inf`` when the step interval reaches zero.
+
+    Returns:
+        One row per method (baseline first) with columns ``method, metric, baseline_step, n_seeds,
+        n_reached, step_mean, step_std, step_ci, speedup, speedup_low, speedup_high``.
+    """
+    per_seed = reach_steps(metrics, baseline, metric, lower_is_better)
+    baseline_step = int(per_seed["baseline_step"].iloc[0]) if len(per_seed) else math.nan
+    out = []
+    for method in _method_order(per_seed["method"], baseline):
+        steps = per_seed.loc[per_seed["method"] == method, "reach_step"]
+        n_reached, mean, std, half = mean_ci(steps, confidence)
+        low = _speedup(baseline_step, mean + half) if math.isfinite(half) else math.nan
+        high = _speedup(baseline_step, mean - half) if math.isfinite(half) else math.nan
+        out.append(
+            {
+                "method": method,
+                "metric": metric,
+                "baseline_step": baseline_step,
+                "n_seeds": int(steps.size),
+                "n_reached": n_reached,
+                "step_mean": mean,
+                "step_std": std,
+                "step_ci": half,
+                "speedup": _speedup(baseline_step, mean),
+                "speedup_low": low,
+                "speedup_high": high,
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def iterations_to_reach_mean_curve(
+    metrics: pd.DataFrame,
+    baseline: str = "vanilla",
+    metric: str = "fid",
+    lower_is_better: bool | None = None,
+) -> pd.DataFrame:
+    """Like :func:`iterations_to_reach`, but on the seed-mean curves: one number per method, no interval.
+
+    Each method's curve is the mean over its seeds at every snapshot step (over the seeds that have that
+    step); the target is the baseline's mean curve at its final step; the crossing is interpolated
+    linearly between snapshots (:func:`first_crossing`).  This is the number a plot of mean curves shows;
+    it is less noisy than single seeds but says nothing about the spread -- prefer the paired
+    per-seed version when there are several seeds.
+
+    Returns:
+        One row per method with columns ``method, metric, baseline_step, n_seeds, target, reach_step,
+        speedup``.
+    """
+    lower = _lower_is_better(metric, lower_is_better)
+    rows = _metric_rows(metrics, metric, baseline)
+    curves = rows.groupby(["method", "step"], sort=True)["value"].mean()
+    base = curves.loc[baseline]
+    baseline_step = int(base.index.max())
+    target = float(base.loc[baseline_step])
+    out = []
+    for method in _method_order(rows["method"], baseline):
+        curve = curves.loc[method]
+        step = first_crossing(curve.index, curve.to_numpy(), target, lower)
+        out.append(
+            {
+                "method": method,
+                "metric": metric,
+                "baseline_step": baseline_step,
+                "n_seeds": int(rows.loc[rows["method"] == method, "seed"].nunique()),
+                "target": target,
+                "reach_step": step,
+                "speedup": _speedup(baseline_step, step),
+            }
+        )
+    return pd.DataFrame(out)

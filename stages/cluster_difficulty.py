@@ -1,0 +1,64 @@
+"""Stage cluster_difficulty: the curriculum's timestep clusters, written to ``curriculum.json``.
+
+``curriculum.rule`` picks the boundaries: ``uniform`` (the paper), ``snr`` (equal log-SNR ranges),
+``edm_quantile`` (quantiles of EDM's log-normal sigma density) or ``difficulty`` (every cluster an equal
+share of the measured difficulty: the KL curve of estimate_kl or the convergence table, the adaptive
+curriculum the paper leaves to future work).  The file records the boundaries, their easy-to-hard order
+and how they were chosen; the train stage reads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from diffusion_curriculum import difficulty
+from diffusion_curriculum.io import atomic_write_json
+from diffusion_curriculum.schedules import make_schedule
+
+from . import _cli, params
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--kl", required=True, help="kl.parquet written by estimate_kl")
+    ap.add_argument("--convergence", required=True, help="convergence.parquet written by convergence")
+    ap.add_argument("--out", required=True, help="curriculum.json to write")
+    args = ap.parse_args(argv)
+    cfg = params.sections(args.params, "diffusion", "curriculum")
+    diff, cur = cfg["diffusion"], cfg["curriculum"]
+    schedule = make_schedule(framework=diff["framework"], **diff[diff["framework"]])
+
+    uses_signal = cur["rule"] == "difficulty" or cur["order"] == "measured"
+    how: dict = {"order": cur["order"]}
+    signal, column = None, None
+    if uses_signal:
+        source = args.kl if cur["difficulty_signal"] == "kl" else args.convergence
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"difficulty signal not found: {source}")
+        signal = pd.read_parquet(source)
+        column = "kl" if cur["difficulty_signal"] == "kl" else cur["convergence_measure"]
+        how |= {"signal": cur["difficulty_signal"], "column": column, "source": str(source)}
+    if cur["rule"] == "edm_quantile":
+        edm = diff["edm"]
+        how |= {"p_mean": edm["p_mean"], "p_std": edm["p_std"]}
+    intervals = difficulty.cluster_intervals(
+        cur["rule"],
+        cur["num_clusters"],
+        schedule,
+        signal,
+        column=column,
+        order=cur["order"],
+        p_mean=diff["edm"]["p_mean"],
+        p_std=diff["edm"]["p_std"],
+        allow_merge=cur["allow_merge"],
+    )
+    if intervals.num != cur["num_clusters"]:
+        how["merged_from"] = cur["num_clusters"]
+    atomic_write_json(difficulty.curriculum_document(intervals, schedule, how), args.out)
+    print(f"cluster_difficulty: {intervals.num} clusters by {cur['rule']} -> {args.out}")
+
+
+if __name__ == "__main__":
+    _cli.run(main)

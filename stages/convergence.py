@@ -1,0 +1,51 @@
+"""Stage convergence: when each interval's expert converged, by two measures (appendix B).
+
+Reads every expert's ``loss_curve.parquet`` and writes ``convergence.parquet``, one row per interval:
+the paper's measure (the number of loss increases after step ``convergence.start`` and the step where
+the loss starts to oscillate) and a noise-robust one (the first step the moving-median loss stays within
+``convergence.tolerance`` of its final plateau); see :mod:`diffusion_curriculum.difficulty`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from diffusion_curriculum import difficulty
+from diffusion_curriculum.io import atomic_path
+from diffusion_curriculum.timesteps import Intervals
+
+from . import _cli, params
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--experts-dir", required=True, help="holds expert{i}/loss_curve.parquet")
+    ap.add_argument("--out", required=True, help="convergence.parquet to write")
+    args = ap.parse_args(argv)
+    cfg = params.sections(args.params, "experts", "convergence")
+    conv = cfg["convergence"]
+    curves = {}
+    for i in cfg["experts"]["intervals"]:
+        path = Path(args.experts_dir) / f"expert{i}" / "loss_curve.parquet"
+        if not path.is_file():
+            raise FileNotFoundError(f"loss curve of expert {i} not found: {path} (written by train_expert)")
+        curves[i] = pd.read_parquet(path)
+    table = difficulty.convergence_table(
+        curves,
+        Intervals.uniform(len(curves)),
+        start=conv["start"],
+        min_increases=conv["min_increases"],
+        tolerance=conv["tolerance"],
+        window=conv["window"],
+        final_fraction=conv["final_fraction"],
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(args.out) as tmp:
+        table.to_parquet(tmp, index=False)
+    print(table.to_string(index=False))
+
+
+if __name__ == "__main__":
+    _cli.run(main)

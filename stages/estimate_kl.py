@@ -1,0 +1,60 @@
+"""Stage estimate_kl: D_KL(p_{t-1} || p_t) between consecutive marginals of the forward process (eq. 1-2).
+
+The paper's evidence (``seeds/002``, appendix C, Fig. 2) that low-noise timesteps are the hard ones:
+consecutive marginals differ most at small t.  Estimated by Monte Carlo over ``kl.num_data`` real images
+(L, the Gaussian mixture of eq. 2) and ``kl.num_samples`` draws (M, eq. 1), every VP timestep or
+``kl.grid_points`` noise levels of a continuous schedule; see :mod:`diffusion_curriculum.kl`.  Writes
+``kl.parquet`` (``t``, ``t_prev``, ``unit``, ``kl``, ``kl_stderr``; nats).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from diffusion_curriculum import data
+from diffusion_curriculum.io import atomic_path
+from diffusion_curriculum.kl import default_timesteps, estimate_kl
+from diffusion_curriculum.schedules import make_schedule
+
+from . import _cli, gpu, params
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--data", required=True, help="train.parquet written by prepare_data")
+    ap.add_argument("--out", required=True, help="kl.parquet to write")
+    args = ap.parse_args(argv)
+    cfg = params.sections(args.params, "diffusion", "kl")
+    diff, kl = cfg["diffusion"], cfg["kl"]
+    device = gpu.pick_device(params.resolve_device(kl["device"]))
+    schedule = make_schedule(framework=diff["framework"], **diff[diff["framework"]])
+
+    dataset = data.subset(data.read_parquet(args.data), kl["num_data"], seed=kl["seed"])
+    images, _ = data.to_training_tensor(dataset)
+    started = time.perf_counter()
+    table = estimate_kl(
+        images.flatten(1),
+        schedule,
+        default_timesteps(schedule, kl["grid_points"]),
+        kl["num_samples"],
+        exclude_self=kl["exclude_self"],
+        common_noise=kl["common_noise"],
+        generator=torch.Generator(device=device).manual_seed(kl["seed"]),
+        device=device,
+        chunk_size=kl["chunk_size"],
+        dtype=getattr(torch, kl["precision"]),
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(args.out) as tmp:
+        table.to_parquet(tmp, index=False)
+    print(
+        f"estimate_kl: {len(table)} pairs, L = {len(images)}, M = {kl['num_samples']}, "
+        f"{time.perf_counter() - started:.1f} s on {device} -> {args.out}"
+    )
+
+
+if __name__ == "__main__":
+    _cli.run(main)

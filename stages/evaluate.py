@@ -1,0 +1,90 @@
+"""Stage evaluate[method, seed, step]: FID, KID, IS and precision/recall of one sample set.
+
+Writes one small JSON of metrics (a DVC metric) against the cached reference statistics of fid_ref, in
+the same feature space (the extractor's name stored with the reference is checked).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from diffusion_curriculum import metrics
+from diffusion_curriculum.io import atomic_write_json
+
+from . import _cli, _features, gpu, params
+
+
+def load_samples(path: str | Path) -> tuple[np.ndarray, dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"samples not found: {path} (written by the sample stage)")
+    with np.load(path) as archive:
+        images = archive["images"]
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(
+            f"{path}: expected uint8 NHWC images, got {images.dtype} of shape {images.shape} "
+            "(latent samples must be decoded before they can be scored)"
+        )
+    settings_file = path.with_name("settings.json")
+    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    return images, settings
+
+
+def load_reference(path: str | Path, expected_extractor: str) -> dict[str, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"reference statistics not found: {path} (written by fid_ref)")
+    with np.load(path) as archive:
+        reference = {key: archive[key] for key in archive.files}
+    found = str(reference.pop("extractor"))
+    if found != expected_extractor:
+        raise ValueError(f"{path} was computed with {found}, but features select {expected_extractor}")
+    return reference
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--samples", required=True, help="samples.npz written by sample")
+    ap.add_argument("--reference", required=True, help="reference.npz written by fid_ref")
+    ap.add_argument("--feature-net", required=True, help="feature_net.pt written by feature_net")
+    ap.add_argument("--out", required=True, help="the metrics JSON to write")
+    args = ap.parse_args(argv)
+    cfg = params.sections(args.params, "features", "evaluate")
+    features, evaluation = cfg["features"], cfg["evaluate"]
+    device = gpu.pick_device(params.resolve_device(features["device"]))
+
+    images, settings = load_samples(args.samples)
+    reference = load_reference(args.reference, _features.extractor_name(features))
+    extractor = _features.build_extractor(features, args.feature_net, device)
+    scores = metrics.compute_metrics(
+        None,
+        images,
+        extractor,
+        probs_fn=extractor.probs,
+        k=evaluation["precision_recall_k"],
+        batch_size=features["batch_size"],
+        reference=reference,
+        is_splits=evaluation["is_splits"],
+        kid_subsets=evaluation["kid_subsets"],
+        kid_subset_size=evaluation["kid_subset_size"],
+        seed=evaluation["seed"],
+    )
+    record = {
+        **{name: float(value) for name, value in scores.items()},
+        "num_samples": int(len(images)),
+        "num_reference": int(len(reference["features"])),
+        "method": settings.get("method"),
+        "seed": settings.get("train_seed"),
+        "step": settings.get("model_step"),
+        "extractor": _features.extractor_name(features),
+    }
+    atomic_write_json(record, args.out)
+    summary = f"FID {record['fid']:.3f}, IS {record['is_mean']:.3f} ({len(images)} samples)"
+    print(f"evaluate: {summary} -> {args.out}")
+
+
+if __name__ == "__main__":
+    _cli.run(main)

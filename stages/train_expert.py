@@ -1,0 +1,134 @@
+"""Stage train_expert[i]: the model trained only on timesteps of interval C_i (the observational study).
+
+Kim et al. (``seeds/002``, appendix B) train one expert per interval to measure how fast each denoising
+task converges.  The expert is the same network on the same data as the main runs (``model``,
+``diffusion``) with its own budget (``experts``); ``curriculum.num_clusters`` defines the intervals
+(uniform cells of the unit interval: uniform in t for VP and flow, log-normal quantiles of sigma for
+EDM).  Writes ``model.pt`` (the train stage's format, plus the interval) and ``loss_curve.parquet``
+(``step``, ``loss``: the mean training loss over each ``experts.log_every`` steps).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from diffusion_curriculum import data
+from diffusion_curriculum.io import atomic_path, atomic_write_json
+from diffusion_curriculum.losses import check_prediction
+from diffusion_curriculum.models import create_model
+from diffusion_curriculum.schedules import make_schedule
+from diffusion_curriculum.timesteps import Intervals
+from diffusion_curriculum.timesteps.expert import SingleInterval
+from diffusion_curriculum.training import train_loop
+
+from . import _cli, gpu, params
+from .train import MODEL_FORMAT
+
+SECTIONS = ("diffusion", "model", "curriculum", "experts")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--data", required=True, help="train.parquet written by prepare_data")
+    ap.add_argument("--interval", required=True, type=int, help="i of C_i, 1 = lowest noise")
+    ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--checkpoint-dir", required=True, help="resumable checkpoint while it runs")
+    args = ap.parse_args(argv)
+    cfg = params.sections(args.params, *SECTIONS)
+    diff, model_cfg, experts = cfg["diffusion"], cfg["model"], cfg["experts"]
+    num = cfg["curriculum"]["num_clusters"]
+    if not 1 <= args.interval <= num:
+        raise params.ParamsError(
+            f"{args.params}: --interval {args.interval} is outside 1..curriculum.num_clusters = {num}"
+        )
+    device = gpu.pick_device(params.resolve_device(experts["device"]))
+
+    dataset = data.read_parquet(args.data)
+    images, labels = data.to_training_tensor(dataset)
+    schedule_kwargs = {"framework": diff["framework"], **diff[diff["framework"]]}
+    schedule = make_schedule(**schedule_kwargs)
+    check_prediction(schedule, diff["prediction"])
+    intervals = Intervals.uniform(num)
+    index = args.interval - 1
+    strategy = SingleInterval(schedule, intervals, index)
+    num_classes = dataset.num_classes if model_cfg["class_conditional"] else 0
+    arch = {
+        "name": model_cfg["name"],
+        "input_size": images.shape[-1],
+        "in_channels": images.shape[1],
+        "num_classes": num_classes,
+        "class_dropout": model_cfg["class_dropout"],
+    }
+    torch.manual_seed(experts["seed"])
+    net = create_model(**arch)
+    if device.startswith("cuda"):
+        images = images.to(device)
+        labels = labels.to(device) if labels is not None else None
+    manifest_hash = data.content_hash(dataset)
+    fingerprint = params.fingerprint(cfg, args.interval, manifest_hash)
+    unit = (intervals.unit_edges[index], intervals.unit_edges[index + 1])
+    print(f"train_expert[{args.interval}]: unit interval [{unit[0]:.3f}, {unit[1]:.3f}), device {device}")
+
+    started = time.perf_counter()
+    result = train_loop(
+        net=net,
+        schedule=schedule,
+        prediction=diff["prediction"],
+        strategy=strategy,
+        intervals=intervals,
+        images=images,
+        labels=labels if num_classes else None,
+        run_dir=args.checkpoint_dir,
+        iterations=experts["iterations"],
+        batch_size=experts["batch_size"],
+        lr=experts["lr"],
+        ema_decay=experts["ema_decay"],
+        log_every=experts["log_every"],
+        checkpoint_every=max(experts["iterations"] // 4, 1),
+        seed=experts["seed"],
+        device=device,
+        fingerprint=fingerprint,
+    )
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    curve = pd.DataFrame(result.history["steps"])[["step", "loss"]]
+    with atomic_path(out / "loss_curve.parquet") as tmp:
+        curve.to_parquet(tmp, index=False)
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save(
+            {
+                "format": MODEL_FORMAT,
+                "arch": arch,
+                "schedule": schedule_kwargs,
+                "prediction": diff["prediction"],
+                "data": {"kind": dataset.kind, "sha256": manifest_hash},
+                "method": f"expert{args.interval}",
+                "seed": experts["seed"],
+                "step": result.step,
+                "net": result.net.state_dict(),
+                "ema": result.ema.state_dict(),
+                "interval": {"index": args.interval, "unit_low": unit[0], "unit_high": unit[1]},
+            },
+            tmp,
+        )
+    atomic_write_json(
+        {
+            "interval": args.interval,
+            "unit_low": unit[0],
+            "unit_high": unit[1],
+            "iterations": result.step,
+            "final_loss": float(curve["loss"].iloc[-1]),
+            "seconds": round(time.perf_counter() - started, 2),
+        },
+        out / "summary.json",
+    )
+    shutil.rmtree(args.checkpoint_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    _cli.run(main)

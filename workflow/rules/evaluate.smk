@@ -1,0 +1,59 @@
+rule feature_net:
+    input:
+        data="data/prepared/train.parquet",
+        code=code("feature_net", "feature_net", "data", "io") + ["stages/_features.py"],
+    output:
+        net="results/features/feature_net.pt",
+        metrics="results/features/feature_net.json",
+    log:
+        "logs/feature_net.log",
+    conda:
+        PIPELINE_ENV
+    params:
+        file=PARAMS_FILE,
+        sections=sections("features"),
+    shell:
+        "python -m stages.feature_net --params {params.file} --data {input.data}"
+        " --out-dir results/features > {log} 2>&1"
+
+
+rule fid_ref:
+    input:
+        data="data/prepared/train.parquet",
+        feature_net="results/features/feature_net.pt",
+        code=code("fid_ref", "metrics", "feature_net", "data", "io")
+        + ["stages/_features.py"],
+    output:
+        reference="results/features/reference.npz",
+        summary="results/features/reference.json",
+    log:
+        "logs/fid_ref.log",
+    conda:
+        PIPELINE_ENV
+    params:
+        file=PARAMS_FILE,
+        sections=sections("features"),
+    shell:
+        "python -m stages.fid_ref --params {params.file} --data {input.data}"
+        " --feature-net {input.feature_net} --out-dir results/features > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        samples="results/samples/{method}/seed{seed}/step{step}/samples.npz",
+        reference="results/features/reference.npz",
+        feature_net="results/features/feature_net.pt",
+        code=code("evaluate", "metrics", "feature_net", "io") + ["stages/_features.py"],
+    output:
+        metrics="results/metrics/{method}/seed{seed}/step{step}.json",
+    log:
+        "logs/evaluate/{method}/seed{seed}/step{step}.log",
+    conda:
+        PIPELINE_ENV
+    params:
+        file=PARAMS_FILE,
+        sections=sections("features", "evaluate"),
+    shell:
+        "python -m stages.evaluate --params {params.file} --samples {input.samples}"
+        " --reference {input.reference} --feature-net {input.feature_net}"
+        " --out {output.metrics} > {log} 2>&1"

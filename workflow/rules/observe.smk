@@ -1,0 +1,164 @@
+# The observational study (appendix B-C of the paper): per-interval experts, their convergence, the KL
+# between consecutive marginals, and the curriculum clusters built from them.
+EXPERTS = config["experts"]["intervals"]
+STITCH_BASE = "results/train/{method}/seed{seed}/model.pt".format(
+    **config["experts"]["stitch_base"]
+)
+
+
+rule train_expert:
+    input:
+        data="data/prepared/train.parquet",
+        code=code(
+            "train_expert",
+            "training",
+            "losses",
+            "schedules",
+            "device_tables",
+            "timesteps/__init__",
+            "timesteps/base",
+            "timesteps/expert",
+            "data",
+            "io",
+            "models/__init__",
+            "models/layers",
+            "models/dit",
+            "models/unet",
+        ),
+    output:
+        model="results/experts/expert{interval}/model.pt",
+        curve="results/experts/expert{interval}/loss_curve.parquet",
+        summary="results/experts/expert{interval}/summary.json",
+    log:
+        "logs/train_expert/expert{interval}.log",
+    conda:
+        PIPELINE_ENV
+    resources:
+        gpu=1,
+    params:
+        file=PARAMS_FILE,
+        sections=sections("diffusion", "model", "curriculum", "experts"),
+        out_dir="results/experts/expert{interval}",
+        checkpoint_dir="checkpoints/experts/expert{interval}",
+    shell:
+        "python -m stages.train_expert --params {params.file} --data {input.data}"
+        " --interval {wildcards.interval} --out-dir {params.out_dir}"
+        " --checkpoint-dir {params.checkpoint_dir} > {log} 2>&1"
+
+
+rule convergence:
+    input:
+        curves=expand(
+            "results/experts/expert{interval}/loss_curve.parquet", interval=EXPERTS
+        ),
+        code=code("convergence", "difficulty", "io", "timesteps/base"),
+    output:
+        table="results/convergence/convergence.parquet",
+    log:
+        "logs/convergence.log",
+    conda:
+        PIPELINE_ENV
+    params:
+        file=PARAMS_FILE,
+        sections=sections("experts", "convergence"),
+    shell:
+        "python -m stages.convergence --params {params.file} --experts-dir results/experts"
+        " --out {output.table} > {log} 2>&1"
+
+
+rule estimate_kl:
+    input:
+        data="data/prepared/train.parquet",
+        code=code("estimate_kl", "kl", "schedules", "data", "io"),
+    output:
+        table="results/kl/kl.parquet",
+    log:
+        "logs/estimate_kl.log",
+    conda:
+        PIPELINE_ENV
+    resources:
+        gpu=1,
+    params:
+        file=PARAMS_FILE,
+        sections=sections("diffusion", "kl"),
+    shell:
+        "python -m stages.estimate_kl --params {params.file} --data {input.data}"
+        " --out {output.table} > {log} 2>&1"
+
+
+rule cluster_difficulty:
+    input:
+        kl="results/kl/kl.parquet",
+        convergence="results/convergence/convergence.parquet",
+        code=code(
+            "cluster_difficulty", "difficulty", "schedules", "io", "timesteps/base"
+        ),
+    output:
+        curriculum="results/curriculum/curriculum.json",
+    log:
+        "logs/cluster_difficulty.log",
+    conda:
+        PIPELINE_ENV
+    params:
+        file=PARAMS_FILE,
+        sections=sections("diffusion", "curriculum"),
+    shell:
+        "python -m stages.cluster_difficulty --params {params.file} --kl {input.kl}"
+        " --convergence {input.convergence} --out {output.curriculum} > {log} 2>&1"
+
+
+rule stitch_sample:
+    input:
+        base=STITCH_BASE,
+        expert="results/experts/expert{interval}/model.pt",
+        code=code(
+            "sample",
+            "samplers",
+            "losses",
+            "schedules",
+            "device_tables",
+            "data",
+            "io",
+            "models/__init__",
+            "models/layers",
+            "models/dit",
+            "models/unet",
+        ),
+    output:
+        samples="results/samples/stitch/expert{interval}/samples.npz",
+        grid="results/samples/stitch/expert{interval}/grid.png",
+        settings="results/samples/stitch/expert{interval}/settings.json",
+    log:
+        "logs/stitch_sample/expert{interval}.log",
+    conda:
+        PIPELINE_ENV
+    resources:
+        gpu=1,
+    params:
+        file=PARAMS_FILE,
+        sections=sections("sample"),
+        out_dir="results/samples/stitch/expert{interval}",
+    shell:
+        "python -m stages.sample --params {params.file} --model {input.base}"
+        " --expert {input.expert} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule stitch_eval:
+    input:
+        samples="results/samples/stitch/expert{interval}/samples.npz",
+        reference="results/features/reference.npz",
+        feature_net="results/features/feature_net.pt",
+        code=code("evaluate", "metrics", "feature_net", "io") + ["stages/_features.py"],
+    output:
+        metrics="results/metrics/stitch/expert{interval}.json",
+    log:
+        "logs/stitch_eval/expert{interval}.log",
+    conda:
+        PIPELINE_ENV
+    params:
+        file=PARAMS_FILE,
+        sections=sections("features", "evaluate"),
+    shell:
+        "python -m stages.evaluate --params {params.file} --samples {input.samples}"
+        " --reference {input.reference} --feature-net {input.feature_net}"
+        " --out {output.metrics} > {log} 2>&1"

@@ -1,0 +1,75 @@
+RUNS = expand("{method}/seed{seed}", method=METHODS, seed=SEEDS)
+REPORT_DIR = "results/report"
+
+
+rule aggregate:
+    input:
+        metrics=expand(
+            "results/metrics/{run}/step{step}.json", run=RUNS, step=SNAPSHOTS
+        ),
+        stitched=expand(
+            "results/metrics/stitch/expert{interval}.json", interval=EXPERTS
+        ),
+        runs=expand(
+            "results/train/{run}/{table}.parquet",
+            run=RUNS,
+            table=["loss_bins", "train_log", "transitions"],
+        ),
+        feature_net="results/features/feature_net.json",
+        kl="results/kl/kl.parquet",
+        convergence="results/convergence/convergence.parquet",
+        curriculum="results/curriculum/curriculum.json",
+        code=code(
+            "aggregate",
+            "report/__init__",
+            "report/stats",
+            "report/tables",
+            "report/figures",
+            "report/html",
+            "io",
+        ),
+    output:
+        summary=f"{REPORT_DIR}/summary.md",
+        table=f"{REPORT_DIR}/summary.parquet",
+        metrics=f"{REPORT_DIR}/metrics.json",
+        findings=f"{REPORT_DIR}/findings.md",
+        fid=report(
+            f"{REPORT_DIR}/fid_vs_iterations.png",
+            caption="../report/fid_vs_iterations.rst",
+            category="Comparison",
+        ),
+        loss_bins=report(
+            f"{REPORT_DIR}/loss_bins.png",
+            caption="../report/loss_bins.rst",
+            category="Training dynamics",
+        ),
+        timeline=report(
+            f"{REPORT_DIR}/curriculum_timeline.png",
+            caption="../report/curriculum_timeline.rst",
+            category="Training dynamics",
+        ),
+        kl=report(
+            f"{REPORT_DIR}/kl.png",
+            caption="../report/kl.rst",
+            category="Observational study",
+        ),
+        convergence=report(
+            f"{REPORT_DIR}/convergence.png",
+            caption="../report/convergence.rst",
+            category="Observational study",
+        ),
+        html=f"{REPORT_DIR}/report.html",
+        markdown=f"{REPORT_DIR}/report.md",
+    log:
+        "logs/aggregate.log",
+    conda:
+        PIPELINE_ENV
+    params:
+        file=PARAMS_FILE,
+        sections=sections("study", "train", "experts", "report"),
+        out_dir=REPORT_DIR,
+    shell:
+        "python -m stages.aggregate --params {params.file} --train-dir results/train"
+        " --metrics-dir results/metrics --features-dir results/features --kl {input.kl}"
+        " --convergence {input.convergence} --curriculum {input.curriculum}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
