@@ -1,13 +1,20 @@
 """The real drivers on the smoke configuration: Snakemake and DVC each run the pipeline end to end."""
 
 import json
+import math
+import re
+import zipfile
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from conftest import run_cli
+
+CLUSTERS = 4  # configs/smoke.yaml
+REPORT_FIGURES = ("fid_vs_iterations", "loss_bins", "curriculum_timeline", "kl", "convergence")
 
 pytestmark = pytest.mark.e2e
 
@@ -18,16 +25,28 @@ def _check_outputs(root):
     for method in ("vanilla", "dtd"):
         run = root / "results/train" / method / "seed0"
         bins = pd.read_parquet(run / "loss_bins.parquet")
-        assert set(bins["bin"]) == set(range(20)) and bins["step"].max() == 40
+        assert set(bins["bin"]) == set(range(CLUSTERS)) and bins["step"].max() == 40
         summary = json.loads((run / "summary.json").read_text())
         assert summary["iterations"] == 40 and np.isfinite(summary["final_loss"])
         transitions = pd.read_parquet(run / "transitions.parquet")
         assert list(transitions.columns) == ["step", "from_stage", "to_stage"]
-        with np.load(root / "results/samples" / method / "seed0/samples.npz") as npz:
-            assert npz["images"].shape == (20, 28, 28, 1) and npz["images"].dtype == np.uint8
-            assert npz["labels"].tolist() == [i % 10 for i in range(20)]
-        settings = json.loads((root / "results/samples" / method / "seed0/settings.json").read_text())
-        assert settings["sampler"] == "ddpm" and settings["steps"] == 20 and settings["model_step"] == 40
+        snapshots = sorted(p.name for p in (run / "snapshots").glob("step*.pt"))
+        assert snapshots == ["step20.pt", "step40.pt"]
+        for step in (20, 40):
+            sample_dir = root / "results/samples" / method / "seed0" / f"step{step}"
+            with np.load(sample_dir / "samples.npz") as npz:
+                assert npz["images"].shape == (20, 28, 28, 1) and npz["images"].dtype == np.uint8
+                assert npz["labels"].tolist() == [i % 10 for i in range(20)]
+            settings = json.loads((sample_dir / "settings.json").read_text())
+            assert (
+                settings["sampler"] == "ddpm" and settings["steps"] == 20 and settings["model_step"] == step
+            )
+            scores = json.loads(
+                (root / "results/metrics" / method / "seed0" / f"step{step}.json").read_text()
+            )
+            assert scores["step"] == step and scores["num_samples"] == 20
+            for name in ("fid", "kid", "is_mean", "precision", "recall"):
+                assert math.isfinite(scores[name]), (method, step, name)
         # A finished run leaves no resumable state behind.
         assert not (root / "checkpoints/train" / method / "seed0").exists()
     # vanilla has no stages; dtd (tau_max 0) climbs through several clusters, easiest first, and the
@@ -40,7 +59,43 @@ def _check_outputs(root):
         and dtd["step"].is_monotonic_increasing
     )
     first_rows = pd.read_parquet(root / "results/train/dtd/seed0/loss_bins.parquet").query("step == 10")
-    assert first_rows.query("count > 0")["bin"].min() >= 20 - 1 - int(dtd["step"].lt(10).sum())
+    assert first_rows.query("count > 0")["bin"].min() >= CLUSTERS - 1 - int(dtd["step"].lt(10).sum())
+    _check_observational_study(root)
+    _check_report(root)
+
+
+def _check_observational_study(root):
+    for i in range(1, CLUSTERS + 1):
+        curve = pd.read_parquet(root / f"results/experts/expert{i}/loss_curve.parquet")
+        assert curve["step"].tolist() == list(range(2, 21, 2)) and np.isfinite(curve["loss"]).all()
+        stitched = json.loads((root / f"results/metrics/stitch/expert{i}.json").read_text())
+        assert math.isfinite(stitched["fid"])
+    convergence = pd.read_parquet(root / "results/convergence/convergence.parquet")
+    assert convergence["interval"].tolist() == list(range(1, CLUSTERS + 1))
+    kl = pd.read_parquet(root / "results/kl/kl.parquet")
+    assert len(kl) == 999 and np.isfinite(kl["kl"]).all()
+    curriculum = json.loads((root / "results/curriculum/curriculum.json").read_text())
+    assert curriculum["rule"] == "uniform" and curriculum["order_easy_to_hard"] == [3, 2, 1, 0]
+    features = json.loads((root / "results/features/feature_net.json").read_text())
+    assert features["trained"] and 0 <= features["test_accuracy"] <= 1
+
+
+def _check_report(root):
+    out = root / "results/report"
+    table = pd.read_parquet(out / "summary.parquet")
+    final_fid = table.query("metric == 'fid'").set_index("method")["mean"]
+    assert set(final_fid.index) == {"vanilla", "dtd"} and np.isfinite(final_fid).all()
+    headline = json.loads((out / "metrics.json").read_text())
+    assert math.isfinite(headline["dtd"]["fid"]) and headline["vanilla"]["fid_diff_vs_baseline"] == 0
+    assert "| dtd" in (out / "summary.md").read_text()
+    assert "Spearman" in (out / "findings.md").read_text()
+    html = (out / "report.html").read_text()
+    for name in REPORT_FIGURES:
+        with Image.open(out / f"{name}.png") as image:
+            assert image.format == "PNG" and min(image.size) > 200
+        assert f"({name}.png)" in (out / "report.md").read_text()
+    assert html.count("data:image/png;base64,") == len(REPORT_FIGURES)
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), "the report must not load anything"
 
 
 def test_snakemake_runs_the_smoke_pipeline_and_then_has_nothing_to_do(smoke_snakemake_run):
@@ -49,6 +104,15 @@ def test_snakemake_runs_the_smoke_pipeline_and_then_has_nothing_to_do(smoke_snak
     assert (root / "logs/train/vanilla/seed0.log").read_text().count("train[vanilla, seed 0]") == 1
     dry = run_cli(["snakemake", "--cores", "2", "-n"], root)
     assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_snakemake_report_holds_the_figures(smoke_snakemake_run, tmp_path):
+    target = tmp_path / "report.zip"
+    run_cli(["snakemake", "--report", str(target)], smoke_snakemake_run)
+    with zipfile.ZipFile(target) as archive:
+        names = archive.namelist()
+    for name in REPORT_FIGURES:
+        assert any(n.endswith(f"{name}.png") for n in names), names
 
 
 def test_dvc_repro_runs_the_smoke_pipeline(smoke_dvc_run):

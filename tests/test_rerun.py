@@ -20,25 +20,61 @@ from conftest import run_cli
 
 pytestmark = pytest.mark.e2e
 
-TRAIN = {"train@vanilla-0", "train@dtd-0"}
-SAMPLE = {"sample@vanilla-0", "sample@dtd-0"}
+METHODS, SEED, STEPS, EXPERTS = ("vanilla", "dtd"), 0, (20, 40), (1, 2, 3, 4)  # configs/smoke.yaml
+STITCH_BASE = "train@vanilla-0"
+TRAIN = {f"train@{m}-{SEED}" for m in METHODS}
+SAMPLE = {f"sample@{m}-{SEED}-{k}" for m in METHODS for k in STEPS}
+EVALUATE = {f"evaluate@{m}-{SEED}-{k}" for m in METHODS for k in STEPS}
+TRAIN_EXPERT = {f"train_expert@{i}" for i in EXPERTS}
+STITCH_SAMPLE = {f"stitch_sample@{i}" for i in EXPERTS}
+STITCH_EVAL = {f"stitch_eval@{i}" for i in EXPERTS}
+SCORES = {"fid_ref"} | EVALUATE | STITCH_EVAL  # every job that reads the feature space
 DOWNSTREAM = {
-    "prepare_data": TRAIN,
-    **{f"train@{m}-{s}": {f"sample@{m}-{s}"} for m in ("vanilla", "dtd") for s in (0, 1)},
+    "prepare_data": {"feature_net", "fid_ref", "estimate_kl"} | TRAIN_EXPERT | TRAIN,
+    "feature_net": SCORES | {"aggregate"},
+    "fid_ref": EVALUATE | STITCH_EVAL,
+    "estimate_kl": {"cluster_difficulty", "aggregate"},
+    "convergence": {"cluster_difficulty", "aggregate"},
+    "cluster_difficulty": TRAIN | {"aggregate"},
+    **{f"train_expert@{i}": {"convergence", f"stitch_sample@{i}"} for i in EXPERTS},
+    **{f"stitch_sample@{i}": {f"stitch_eval@{i}"} for i in EXPERTS},
+    **{f"stitch_eval@{i}": {"aggregate"} for i in EXPERTS},
+    **{
+        f"train@{m}-{s}": {f"sample@{m}-{s}-{k}" for k in STEPS}
+        | {"aggregate"}
+        | (STITCH_SAMPLE if f"train@{m}-{s}" == STITCH_BASE else set())
+        for m in METHODS
+        for s in (0, 1)
+    },
+    **{f"sample@{m}-{s}-{k}": {f"evaluate@{m}-{s}-{k}"} for m in METHODS for s in (0, 1) for k in STEPS},
+    **{f"evaluate@{m}-{s}-{k}": {"aggregate"} for m in METHODS for s in (0, 1) for k in STEPS},
+}
+NEW_SEED = {f"train@{m}-1" for m in METHODS} | {
+    f"{stage}@{m}-1-{k}" for stage in ("sample", "evaluate") for m in METHODS for k in STEPS
 }
 
 # (params key path, new value, the jobs that read it directly)
 PARAM_CASES = [
     (("data", "subset_seed"), 1, {"prepare_data"}),
-    (("diffusion", "vp", "beta_schedule"), "cosine", TRAIN),
-    (("model", "class_dropout"), 0.2, TRAIN),
-    (("curriculum", "num_clusters"), 10, TRAIN),
+    (
+        ("diffusion", "vp", "beta_schedule"),
+        "cosine",
+        TRAIN | TRAIN_EXPERT | {"estimate_kl", "cluster_difficulty"},
+    ),
+    (("model", "class_dropout"), 0.2, TRAIN | TRAIN_EXPERT),
+    (("curriculum", "rule"), "snr", {"cluster_difficulty"}),
+    (("experts", "iterations"), 30, TRAIN_EXPERT),
+    (("convergence", "tolerance"), 0.02, {"convergence"}),
+    (("kl", "num_samples"), 50, {"estimate_kl"}),
     (("train", "lr"), 5e-4, TRAIN),
     (("strategies", "dtd", "tau_max"), 3, {"train@dtd-0"}),
     (("strategies", "clts", "lambda_end"), 3.0, set()),  # a method not in the study: nothing runs
-    (("sample", "steps"), 10, SAMPLE),
+    (("sample", "steps"), 10, SAMPLE | STITCH_SAMPLE),
+    (("features", "batch_size"), 128, {"feature_net"} | SCORES),
+    (("evaluate", "kid_subsets"), 5, EVALUATE | STITCH_EVAL),
+    (("report", "confidence"), 0.9, {"aggregate"}),
     # A new seed adds its own jobs (all new, so all listed) and touches no finished run.
-    (("study", "seeds"), [0, 1], {"train@vanilla-1", "sample@vanilla-1", "train@dtd-1", "sample@dtd-1"}),
+    (("study", "seeds"), [0, 1], NEW_SEED | {"aggregate"}),
 ]
 
 
@@ -113,9 +149,11 @@ def test_a_params_edit_reruns_exactly_its_readers(driver, tmp_path, path, value,
 @pytest.mark.parametrize(
     ("source_file", "expected"),
     [
-        ("stages/sample.py", SAMPLE),
-        ("src/diffusion_curriculum/training.py", TRAIN),
+        ("stages/sample.py", SAMPLE | STITCH_SAMPLE),
+        ("src/diffusion_curriculum/training.py", TRAIN | TRAIN_EXPERT),
         ("src/diffusion_curriculum/timesteps/curriculum.py", TRAIN),
+        ("src/diffusion_curriculum/kl.py", {"estimate_kl"}),
+        ("src/diffusion_curriculum/report/figures.py", {"aggregate"}),
     ],
 )
 def test_a_code_edit_reruns_its_stage(driver, tmp_path, source_file, expected):

@@ -29,6 +29,11 @@ PROFILE = REPO / "profiles" / "slurm"
 SNAKEMAKE_TIMEOUT = 300  # the executor can poll forever instead of failing: bound every run
 GPU_TYPE = "fake"
 PREEMPTED = "dtd"  # the training run stopped by SIGTERM half-way, as SLURM does at preemption
+# The rules that ask for a GPU (and have a GPU partition in the profile) and the CPU rules of the targets.
+GPU_RULES = ("train", "train_expert", "estimate_kl", "stitch_sample")
+CPU_RULES = ("prepare_data", "convergence", "cluster_difficulty", "sample")
+# Up to the final samples of both runs: the training branch with the observational stages it waits for.
+TARGETS = [f"results/samples/{m}/seed0/step40/samples.npz" for m in ("vanilla", "dtd")]
 
 
 def _profile() -> dict:
@@ -117,12 +122,16 @@ def test_smoke_pipeline_on_slurm_gives_train_a_gpu_and_resumes_a_preempted_run(
     # step 10 of 40, so the preempted run has most of its steps left when the signal lands.
     profile = _profile()
     set_resources = profile.get("set-resources", {})
-    set_resources.setdefault("train", {})["gpu_model"] = GPU_TYPE
+    for rule in GPU_RULES:
+        set_resources[rule]["gpu_model"] = GPU_TYPE
     overlay = tmp_path / "overlay"
     overlay.mkdir()
     (overlay / "config.yaml").write_text(yaml.safe_dump({"set-resources": set_resources}))
     params = yaml.safe_load((pipeline_dir / "params.yaml").read_text())
     params["train"]["checkpoint_every"] = 10
+    # Two intervals keep the observational branch that train waits for to a few jobs.
+    params["curriculum"]["num_clusters"] = 2
+    params["experts"]["intervals"] = [1, 2]
     (pipeline_dir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     record = tmp_path / "stages.tsv"
@@ -147,6 +156,7 @@ def test_smoke_pipeline_on_slurm_gives_train_a_gpu_and_resumes_a_preempted_run(
     args = [
         "timeout", "--kill-after=20", str(SNAKEMAKE_TIMEOUT),
         str(slurm_python), "-m", "snakemake", "--profile", str(PROFILE), "--workflow-profile", str(overlay),
+        *TARGETS,
     ]  # fmt: skip
     start = time.monotonic()
     preempter.start()
@@ -165,7 +175,11 @@ def test_smoke_pipeline_on_slurm_gives_train_a_gpu_and_resumes_a_preempted_run(
     for path in (
         "data/prepared/train.parquet",
         *(f"results/train/{m}/seed0/model.pt" for m in ("vanilla", "dtd")),
-        *(f"results/samples/{m}/seed0/{f}" for m in ("vanilla", "dtd") for f in ("samples.npz", "grid.png")),
+        *(
+            f"results/samples/{m}/seed0/step40/{f}"
+            for m in ("vanilla", "dtd")
+            for f in ("samples.npz", "grid.png")
+        ),
     ):
         assert (pipeline_dir / path).stat().st_size > 0, path
 
@@ -178,10 +192,11 @@ def test_smoke_pipeline_on_slurm_gives_train_a_gpu_and_resumes_a_preempted_run(
         rule = re.match(r"rule_([a-z_]+?)(?:_wildcards_|$)", job["Comment"]).group(1)
         by_rule.setdefault(rule, []).append(job)
     assert all(job["BatchFlag"] == "1" for job in jobs), jobs
-    gpu_partition = set_resources["train"]["slurm_partition"]
     cpu_partition = profile["default-resources"]["slurm_partition"]
-    assert {job["Partition"] for job in by_rule["train"]} == {gpu_partition}
-    cpu_jobs = by_rule["prepare_data"] + by_rule["sample"]
+    gpu_jobs = [job for rule in GPU_RULES if rule in by_rule for job in by_rule[rule]]
+    cpu_jobs = [job for rule in CPU_RULES for job in by_rule[rule]]
+    for rule in set(GPU_RULES) & set(by_rule):
+        assert {job["Partition"] for job in by_rule[rule]} == {set_resources[rule]["slurm_partition"]}, rule
     assert {job["Partition"] for job in cpu_jobs} == {cpu_partition}
 
     # The preempted training job failed (exit 75 after its checkpoint); Snakemake's retry resumed it.
@@ -189,24 +204,36 @@ def test_smoke_pipeline_on_slurm_gives_train_a_gpu_and_resumes_a_preempted_run(
     states = {job["JobId"]: (job["JobState"], job["Comment"]) for job in jobs}
     assert states.pop(signalled[0]) == ("FAILED", f"rule_train_wildcards_{PREEMPTED}_0")
     assert {state for state, _ in states.values()} == {"COMPLETED"}, states
-    assert {rule: len(js) for rule, js in by_rule.items()} == {"prepare_data": 1, "train": 3, "sample": 2}
+    assert {rule: len(js) for rule, js in by_rule.items()} == {
+        "prepare_data": 1,
+        "estimate_kl": 1,
+        "train_expert": 2,
+        "convergence": 1,
+        "cluster_difficulty": 1,
+        "train": 3,
+        "sample": 2,
+    }
     summary = json.loads((pipeline_dir / f"results/train/{PREEMPTED}/seed0/summary.json").read_text())
     assert summary["iterations"] == 40 and summary["resumed_from"] >= 10, summary
 
-    # train asked for one GPU of the configured type and was given one; the CPU rules asked for none.
-    for job in by_rule["train"]:
+    # The GPU rules asked for one GPU of the configured type and were given one; the CPU rules for none.
+    for job in gpu_jobs:
         assert job["TresPerJob"] == f"gres:gpu:{GPU_TYPE}:1" and job["JOB_GRES"] == f"gpu:{GPU_TYPE}:1", job
     for job in cpu_jobs:
         assert "gpu" not in job.get("TresPerJob", "") + job.get("JOB_GRES", ""), job
 
-    # Inside the jobs: each stage process ran in its SLURM job, and only train's saw a GPU.
+    # Inside the jobs: each stage process ran in its SLURM job, and only the GPU rules' saw a GPU.
     seen: dict[str, list[tuple[str, str]]] = {}
     for line in record.read_text().splitlines():
         job_id, gpus, argv = line.split("\t")
         if stage := re.search(r"-m stages\.(\w+)", argv):
             seen.setdefault(stage.group(1), []).append((job_id, gpus))
     job_ids = {rule: sorted(job["JobId"] for job in js) for rule, js in by_rule.items()}
-    for rule in ("prepare_data", "train", "sample"):
+    for rule in job_ids:
         assert sorted(job_id for job_id, _ in seen[rule]) == job_ids[rule], (rule, seen)
-    assert all(re.fullmatch(r"\d", gpus) for _, gpus in seen["train"]), seen["train"]
-    assert all(gpus == "" for rule in ("prepare_data", "sample") for _, gpus in seen[rule]), seen
+    assert all(
+        re.fullmatch(r"\d", gpus)
+        for rule in ("train", "train_expert", "estimate_kl")
+        for _, gpus in seen[rule]
+    )
+    assert all(gpus == "" for rule in CPU_RULES for _, gpus in seen[rule]), seen

@@ -1,4 +1,6 @@
 # Configuration checks and helpers shared by every rule (helpers live only here).
+import os
+
 import yaml
 
 from stages import params as stage_params

@@ -37,7 +37,7 @@ rule train_expert:
         gpu=1,
     params:
         file=PARAMS_FILE,
-        sections=sections("diffusion", "model", "curriculum", "experts"),
+        sections=sections("diffusion", "model", "curriculum.num_clusters", "experts"),
         out_dir="results/experts/expert{interval}",
         checkpoint_dir="checkpoints/experts/expert{interval}",
     shell:
@@ -60,7 +60,7 @@ rule convergence:
         PIPELINE_ENV
     params:
         file=PARAMS_FILE,
-        sections=sections("experts", "convergence"),
+        sections=sections("experts.intervals", "convergence"),
     shell:
         "python -m stages.convergence --params {params.file} --experts-dir results/experts"
         " --out {output.table} > {log} 2>&1"

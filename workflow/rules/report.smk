@@ -66,8 +66,14 @@ rule aggregate:
         PIPELINE_ENV
     params:
         file=PARAMS_FILE,
-        sections=sections("study", "train", "experts", "report"),
-        out_dir=REPORT_DIR,
+        sections=sections(
+            "study",
+            "train.snapshots",
+            "experts.intervals",
+            "experts.stitch_base",
+            "report",
+        ),
+        out_dir=lambda wildcards, output: os.path.dirname(output.html),
     shell:
         "python -m stages.aggregate --params {params.file} --train-dir results/train"
         " --metrics-dir results/metrics --features-dir results/features --kl {input.kl}"

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Compare two settings with DVC: the smoke configuration as a baseline commit, then one experiment
+# (`dvc exp run -S`) that turns classifier-free guidance off.  Prints what the README shows.
+# Usage: bash docs/examples/dvc_experiment.sh [work dir]   (the venv of the README active)
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+work=${1:-$(mktemp -d)/pipeline}
+mkdir -p "$work"
+cp -r "$repo"/{Snakefile,dvc.yaml,workflow,stages,src,configs} "$work"/
+cp "$repo/configs/smoke.yaml" "$work/params.yaml"
+cd "$work"
+git init -q && git config user.email "example@localhost" && git config user.name "example"
+dvc init -q && dvc config core.analytics false
+dvc repro -q
+git add -A && git commit -qm "smoke baseline"
+
+echo '$ dvc exp run -S sample.cfg_scale=1.0'
+dvc exp run -q -n no-guidance -S sample.cfg_scale=1.0
+echo '$ dvc exp show --only-changed --no-pager --md (headline metrics of the report)'
+dvc exp show --no-pager --md --only-changed --drop 'Created|State|Executor' \
+  --keep 'cfg_scale|results/report/metrics.json:(vanilla|dtd)\.(fid|precision|recall)$'
+echo '$ dvc params diff HEAD no-guidance'
+dvc params diff HEAD no-guidance --md
+echo '$ dvc metrics diff HEAD no-guidance (the report'"'"'s headline numbers)'
+dvc metrics diff HEAD no-guidance --md | grep -E '^\| (Path|---|results/report/metrics.json)'
