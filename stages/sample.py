@@ -94,15 +94,17 @@ def main(argv: list[str] | None = None) -> None:
         y = (torch.arange(start, start + n, device=device) % num_classes) if num_classes else None
         x0_fn = samplers.guided_x0_fn(denoiser, y, null_label=num_classes, scale=cfg["cfg_scale"])
         noise = torch.randn((n, *shape), generator=generator, device=device)
-        x = samplers.sample(
-            x0_fn,
-            schedule,
-            noise,
-            cfg["sampler"],
-            cfg["steps"],
-            generator=generator,
-            **sampler_kwargs,
-        )
+        # The network runs in bf16 on GPUs (as in training); the sampler's own arithmetic stays fp32.
+        with torch.autocast("cuda", torch.bfloat16, enabled=device.startswith("cuda")):
+            x = samplers.sample(
+                x0_fn,
+                schedule,
+                noise,
+                cfg["sampler"],
+                cfg["steps"],
+                generator=generator,
+                **sampler_kwargs,
+            )
         chunks.append(x.float().cpu())
         label_chunks.append(y.cpu() if y is not None else torch.full((n,), -1))
     x = torch.cat(chunks)

@@ -33,21 +33,39 @@ def pipeline_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def smoke_snakemake_run(tmp_path_factory) -> Path:
-    """The smoke pipeline after a complete ``snakemake --cores 2`` (shared: copy it before editing)."""
-    work = copy_pipeline(tmp_path_factory.mktemp("smk") / "pipeline")
-    run_cli(["snakemake", "--cores", "2"], work)
-    return work
+def smoke_runs(tmp_path_factory) -> dict[str, Path]:
+    """The smoke pipeline completed once by each driver, the two runs side by side: ``dvc repro`` runs
+    one stage at a time, so Snakemake gets the other core (shared: copy a run before editing it)."""
+    smk = copy_pipeline(tmp_path_factory.mktemp("smk") / "pipeline")
+    dvc = copy_pipeline(tmp_path_factory.mktemp("dvc") / "pipeline")
+    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+        run_cli(args, dvc)
+    commands = {"snakemake": (["snakemake", "--cores", "1"], smk), "dvc": (["dvc", "repro"], dvc)}
+    procs = {
+        name: subprocess.Popen(
+            args, cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for name, (args, cwd) in commands.items()
+    }
+    failed = []
+    for name, proc in procs.items():
+        out, _ = proc.communicate(timeout=1200)
+        if proc.returncode != 0:
+            failed.append(f"{' '.join(commands[name][0])} exited {proc.returncode}:\n{out[-4000:]}")
+    assert not failed, "\n".join(failed)
+    return {"snakemake": smk, "dvc": dvc}
 
 
 @pytest.fixture(scope="session")
-def smoke_dvc_run(tmp_path_factory) -> Path:
+def smoke_snakemake_run(smoke_runs) -> Path:
+    """The smoke pipeline after a complete Snakemake run (shared: copy it before editing)."""
+    return smoke_runs["snakemake"]
+
+
+@pytest.fixture(scope="session")
+def smoke_dvc_run(smoke_runs) -> Path:
     """The smoke pipeline after a complete ``dvc repro`` in a fresh git + DVC repository (shared)."""
-    work = copy_pipeline(tmp_path_factory.mktemp("dvc") / "pipeline")
-    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
-        run_cli(args, work)
-    run_cli(["dvc", "repro"], work)
-    return work
+    return smoke_runs["dvc"]
 
 
 def cli_env() -> dict[str, str]:

@@ -22,7 +22,9 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def train_setup(pipeline_dir: Path):
     params = yaml.safe_load((pipeline_dir / "params.yaml").read_text())
-    params["train"].update(iterations=120, checkpoint_every=10, log_every=10, batch_size=8)
+    params["train"].update(
+        iterations=120, checkpoint_every=10, log_every=10, batch_size=8, snapshots=[55, 120]
+    )
     (pipeline_dir / "params.yaml").write_text(yaml.safe_dump(params))
     run_cli([sys.executable, "-m", "stages.prepare_data"], pipeline_dir)
     return pipeline_dir
@@ -100,3 +102,11 @@ def test_signals_and_kills_at_random_steps_end_bitwise_equal(train_setup):
         p.name for p in (root / "out/straight").iterdir()
     )
     assert not (root / "ckpt/cut").exists()
+    # The snapshots for FID versus iterations survive the interruptions, equal to the uninterrupted run's.
+    for step in (55, 120):
+        name = f"snapshots/step{step}.pt"
+        a = torch.load(root / "out/straight" / name, weights_only=True)
+        b = torch.load(root / "out/cut" / name, weights_only=True)
+        assert a["step"] == b["step"] == step
+        for part in ("net", "ema"):
+            assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), (step, part)

@@ -96,6 +96,7 @@ def train_loop(
     stop_after: int | None = None,  # stop (checkpoint written) once this many steps are done
     should_stop: Callable[[], bool] | None = None,  # polled after every step, e.g. set by a SIGTERM handler
     progress: bool = True,
+    compile: bool | str = False,  # torch.compile the loss's network: True = inductor, or a backend name
 ) -> TrainResult:
     if iterations < 1 or batch_size < 1:
         raise ValueError(f"iterations and batch_size must be >= 1, got {iterations} and {batch_size}")
@@ -117,6 +118,13 @@ def train_loop(
     torch.manual_seed(seed)  # label dropout inside the network draws from the global RNG
     net = net.to(device)
     trained = DistributedDataParallel(net) if distributed else net
+    if compile:
+        # Compiled after the DDP wrapper, as the DDP notes advise (Dynamo then splits the graph at the
+        # gradient buckets).  Only the step's forward goes through it: `net` stays the raw module, so the
+        # optimiser, the EMA and the checkpoint keys are those of an uncompiled run.  Random ops inside
+        # the network (label dropout) draw other values than in eager mode, still from the global RNG
+        # that checkpoints restore.
+        trained = torch.compile(trained, backend="inductor" if compile is True else compile)
     denoiser = Denoiser(trained, schedule, prediction)
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
     optimizer = torch.optim.AdamW(
