@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         & (metrics["metric"] == "fid")
     ]
     base_fid = float(base_rows["value"].iloc[0])
-    stitched = stitch_table(Path(args.metrics_dir), cfg["experts"]["intervals"], base_fid, convergence)
+    stitched = stitch_table(Path(args.metrics_dir), cfg["experts"]["stitch_intervals"], base_fid, convergence)
 
     n_seeds = len(seeds)
     table = report.results_table(summary)

@@ -73,6 +73,9 @@ def check_consistency(params: dict, source: str = "params.yaml") -> None:
             f"{source}: experts.intervals must list 1..curriculum.num_clusters = {num} in order "
             f"(got {params['experts']['intervals']})"
         )
+    extra = sorted(set(params["experts"]["stitch_intervals"]) - set(params["experts"]["intervals"]))
+    if extra:
+        raise ParamsError(f"{source}: experts.stitch_intervals {extra} have no expert (experts.intervals)")
     base = params["experts"]["stitch_base"]
     if base["method"] not in params["study"]["methods"] or base["seed"] not in params["study"]["seeds"]:
         raise ParamsError(

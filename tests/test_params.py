@@ -65,6 +65,26 @@ def test_wrong_value_is_named(good, path, value, named):
         params.validate(bad)
 
 
+@pytest.mark.parametrize(
+    ("path", "value", "named"),
+    [
+        (("train", "snapshots"), [300, 5000], r"train\.snapshots \[5000\] lie beyond train\.iterations"),
+        (("train", "snapshots"), [300, 600], r"train\.snapshots must include the final step"),
+        (("experts", "intervals"), [1, 2, 3], r"experts\.intervals must list 1\.\.curriculum\.num_clusters"),
+        (("experts", "stitch_base"), {"method": "speed", "seed": 0}, r"experts\.stitch_base"),
+        (("report", "baseline"), "speed", r"report\.baseline 'speed' is not one of study\.methods"),
+    ],
+)
+def test_keys_that_must_agree_are_named(good, path, value, named):
+    bad = copy.deepcopy(good)
+    node = bad
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(params.ParamsError, match=named):
+        params.validate(bad)
+
+
 def test_sections_returns_only_the_named_ones():
     got = params.sections(REPO / "params.yaml", "sample")
     assert list(got) == ["sample"]

@@ -109,7 +109,7 @@ def test_each_rule_reads_the_same_params_as_its_dvc_stage(pipeline_dir):
     assert set(smk) - {"all"} == set(dvc)
 
 
-def test_default_study_expands_to_one_train_job_per_method_and_seed(pipeline_dir):
+def test_default_study_expands_to_one_job_per_run_and_per_interval(pipeline_dir):
     shutil.copy2(REPO / "params.yaml", pipeline_dir / "params.yaml")
     study = yaml.safe_load((pipeline_dir / "params.yaml").read_text())["study"]
     expected = {f"train@{m}-{s}" for m in study["methods"] for s in study["seeds"]}
@@ -129,3 +129,15 @@ def test_default_study_expands_to_one_train_job_per_method_and_seed(pipeline_dir
     # with --force it lists the whole expanded matrix.
     dry = run_cli(["dvc", "repro", "--dry", "--force"], pipeline_dir)
     assert set(re.findall(r"Running stage '(train@[^']+)'", dry.stdout)) == expected
+
+    # The observational study: one expert job per interval, from the one rule / matrix stage.
+    params = yaml.safe_load((pipeline_dir / "params.yaml").read_text())
+    experts = {f"train_expert@{i}" for i in range(1, params["curriculum"]["num_clusters"] + 1)}
+    assert len(experts) == 20
+    smk_experts = {
+        f"train_expert@{cmd.split('--interval ')[1].split()[0]}"
+        for cmd, job in smk.items()
+        if job["rule"] == "train_expert"
+    }
+    assert smk_experts == experts
+    assert set(re.findall(r"Running stage '(train_expert@[^']+)'", dry.stdout)) == experts

@@ -20,14 +20,14 @@ from conftest import run_cli
 
 pytestmark = pytest.mark.e2e
 
-METHODS, SEED, STEPS, EXPERTS = ("vanilla", "dtd"), 0, (20, 40), (1, 2, 3, 4)  # configs/smoke.yaml
+METHODS, SEED, STEPS, EXPERTS, STITCHED = ("vanilla", "dtd"), 0, (20, 40), (1, 2, 3, 4), (1, 4)  # smoke.yaml
 STITCH_BASE = "train@vanilla-0"
 TRAIN = {f"train@{m}-{SEED}" for m in METHODS}
 SAMPLE = {f"sample@{m}-{SEED}-{k}" for m in METHODS for k in STEPS}
 EVALUATE = {f"evaluate@{m}-{SEED}-{k}" for m in METHODS for k in STEPS}
 TRAIN_EXPERT = {f"train_expert@{i}" for i in EXPERTS}
-STITCH_SAMPLE = {f"stitch_sample@{i}" for i in EXPERTS}
-STITCH_EVAL = {f"stitch_eval@{i}" for i in EXPERTS}
+STITCH_SAMPLE = {f"stitch_sample@{i}" for i in STITCHED}
+STITCH_EVAL = {f"stitch_eval@{i}" for i in STITCHED}
 SCORES = {"fid_ref"} | EVALUATE | STITCH_EVAL  # every job that reads the feature space
 DOWNSTREAM = {
     "prepare_data": {"feature_net", "fid_ref", "estimate_kl"} | TRAIN_EXPERT | TRAIN,
@@ -36,9 +36,9 @@ DOWNSTREAM = {
     "estimate_kl": {"cluster_difficulty", "aggregate"},
     "convergence": {"cluster_difficulty", "aggregate"},
     "cluster_difficulty": TRAIN | {"aggregate"},
-    **{f"train_expert@{i}": {"convergence", f"stitch_sample@{i}"} for i in EXPERTS},
-    **{f"stitch_sample@{i}": {f"stitch_eval@{i}"} for i in EXPERTS},
-    **{f"stitch_eval@{i}": {"aggregate"} for i in EXPERTS},
+    **{f"train_expert@{i}": {"convergence"} | ({f"stitch_sample@{i}"} & STITCH_SAMPLE) for i in EXPERTS},
+    **{f"stitch_sample@{i}": {f"stitch_eval@{i}"} for i in STITCHED},
+    **{f"stitch_eval@{i}": {"aggregate"} for i in STITCHED},
     **{
         f"train@{m}-{s}": {f"sample@{m}-{s}-{k}" for k in STEPS}
         | {"aggregate"}

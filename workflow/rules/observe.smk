@@ -1,6 +1,7 @@
 # The observational study (appendix B-C of the paper): per-interval experts, their convergence, the KL
 # between consecutive marginals, and the curriculum clusters built from them.
 EXPERTS = config["experts"]["intervals"]
+STITCHED = config["experts"]["stitch_intervals"]
 STITCH_BASE = "results/train/{method}/seed{seed}/model.pt".format(
     **config["experts"]["stitch_base"]
 )

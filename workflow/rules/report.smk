@@ -8,7 +8,7 @@ rule aggregate:
             "results/metrics/{run}/step{step}.json", run=RUNS, step=SNAPSHOTS
         ),
         stitched=expand(
-            "results/metrics/stitch/expert{interval}.json", interval=EXPERTS
+            "results/metrics/stitch/expert{interval}.json", interval=STITCHED
         ),
         runs=expand(
             "results/train/{run}/{table}.parquet",
@@ -69,7 +69,7 @@ rule aggregate:
         sections=sections(
             "study",
             "train.snapshots",
-            "experts.intervals",
+            "experts.stitch_intervals",
             "experts.stitch_base",
             "report",
         ),
