@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         device=device,
         fingerprint=fingerprint,
+        compile=train_cfg["compile"],
         snapshot_steps=train_cfg["snapshots"],
         on_snapshot=write_snapshot,
         should_stop=lambda: stop["signal"] is not None,

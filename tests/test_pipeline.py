@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import shutil
 import zipfile
 
 import numpy as np
@@ -135,3 +136,27 @@ def test_snakemake_names_a_bad_params_key(pipeline_dir):
     proc = run_cli(["snakemake", "-n"], pipeline_dir, check=False)
     assert proc.returncode != 0
     assert "sample.stepz" in proc.stdout + proc.stderr
+
+
+def test_dvc_experiment_changes_params_and_metrics_that_diff_shows(smoke_dvc_run, tmp_path):
+    root = tmp_path / "pipeline"
+    shutil.copytree(smoke_dvc_run, root, symlinks=True)
+    for args in (
+        ["git", "config", "user.email", "test@localhost"],
+        ["git", "config", "user.name", "test"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "smoke baseline"],
+    ):
+        run_cli(args, root)
+    # Pairing against dtd instead of vanilla reruns only the report.
+    run = run_cli(["dvc", "exp", "run", "-n", "dtd-baseline", "-S", "report.baseline=dtd"], root)
+    assert "Running stage 'aggregate'" in run.stdout and "Running stage 'train" not in run.stdout
+
+    params = json.loads(run_cli(["dvc", "params", "diff", "HEAD", "dtd-baseline", "--json"], root).stdout)
+    assert params["params.yaml"]["report.baseline"] == {"old": "vanilla", "new": "dtd"}
+    metrics = json.loads(run_cli(["dvc", "metrics", "diff", "HEAD", "dtd-baseline", "--json"], root).stdout)
+    changed = metrics["results/report/metrics.json"]
+    assert changed["vanilla.fid_diff_vs_baseline"]["old"] == 0
+    assert changed["vanilla.fid_diff_vs_baseline"]["new"] != 0
+    shown = run_cli(["dvc", "exp", "show", "--json"], root).stdout
+    assert "dtd-baseline" in shown and "report.baseline" in shown
