@@ -11,15 +11,14 @@ cp "$repo/configs/smoke.yaml" "$work/params.yaml"
 cd "$work"
 git init -q && git config user.email "example@localhost" && git config user.name "example"
 dvc init -q && dvc config core.analytics false
-dvc repro -q
+dvc repro -q > /dev/null
 git add -A && git commit -qm "smoke baseline"
 
 echo '$ dvc exp run -S sample.cfg_scale=1.0'
-dvc exp run -q -n no-guidance -S sample.cfg_scale=1.0
-echo '$ dvc exp show --only-changed --no-pager --md (headline metrics of the report)'
-dvc exp show --no-pager --md --only-changed --drop 'Created|State|Executor' \
-  --keep 'cfg_scale|results/report/metrics.json:(vanilla|dtd)\.(fid|precision|recall)$'
+dvc exp run -q -n no-guidance -S sample.cfg_scale=1.0 > /dev/null
+echo '$ dvc exp show --md --drop ".*" --keep "Experiment|sample.cfg_scale|^(vanilla|dtd)\.(fid|precision|recall)$"'
+dvc exp show --no-pager --md --drop '.*' --keep 'Experiment|sample.cfg_scale|^(vanilla|dtd)\.(fid|precision|recall)$'
 echo '$ dvc params diff HEAD no-guidance'
 dvc params diff HEAD no-guidance --md
-echo '$ dvc metrics diff HEAD no-guidance (the report'"'"'s headline numbers)'
-dvc metrics diff HEAD no-guidance --md | grep -E '^\| (Path|---|results/report/metrics.json)'
+echo '$ dvc metrics diff HEAD no-guidance --md   (rows of the report'"'"'s headline numbers)'
+dvc metrics diff HEAD no-guidance --md | grep -E '^\| (Path|results/report/metrics.json)|^\|-'
