@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         "method": settings.get("method"),
         "seed": settings.get("train_seed"),
         "step": settings.get("model_step"),
+        # Stitched samples (stitch_eval): the expert's interval; the fields above describe the base run.
+        "stitched_interval": (settings.get("expert") or {}).get("index"),
         "extractor": _features.extractor_name(features),
     }
     atomic_write_json(record, args.out)
