@@ -25,7 +25,8 @@ def test_concurrent_jobs_get_different_devices_and_a_third_waits_for_a_free_one(
     third = _claimer(tmp_path, 0)
     # Both devices are held: the third job gets one only after the first job exits.
     assert int(third.stdout.readline()) in claimed
-    assert first.poll() is not None and time.monotonic() - started > 1.0
+    # The lock goes when the first job's files close on exit, a moment before it can be reaped.
+    assert first.wait(timeout=10) == 0 and time.monotonic() - started > 1.0
     for proc in (second, third):
         proc.kill()
         proc.wait()

@@ -159,4 +159,4 @@ def test_dvc_experiment_changes_params_and_metrics_that_diff_shows(smoke_dvc_run
     assert changed["vanilla.fid_diff_vs_baseline"]["old"] == 0
     assert changed["vanilla.fid_diff_vs_baseline"]["new"] != 0
     shown = run_cli(["dvc", "exp", "show", "--json"], root).stdout
-    assert "dtd-baseline" in shown and "report.baseline" in shown
+    assert '"name": "dtd-baseline"' in shown and '"baseline": "dtd"' in shown

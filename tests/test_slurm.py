@@ -132,6 +132,7 @@ def test_smoke_pipeline_on_slurm_gives_train_a_gpu_and_resumes_a_preempted_run(
     # Two intervals keep the observational branch that train waits for to a few jobs.
     params["curriculum"]["num_clusters"] = 2
     params["experts"]["intervals"] = [1, 2]
+    params["experts"]["stitch_intervals"] = [1]
     (pipeline_dir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     record = tmp_path / "stages.tsv"
