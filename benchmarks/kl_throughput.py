@@ -26,12 +26,17 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from diffusion_curriculum.kl import estimate_kl
 from diffusion_curriculum.schedules import make_schedule
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import matmul_peak, sync  # noqa: E402
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -49,26 +54,6 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
     ap.add_argument("--peak-size", type=int, default=None, help="edge of the peak-measuring matmul")
     return ap.parse_args()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 5) -> float:
-    """Best achieved TFLOP/s of an n x n x n matmul in ``dtype`` (TF32 off for float32)."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    torch.matmul(a, b)  # warm-up (cuBLAS handle, heuristics)
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * n**3 / best / 1e12
 
 
 def main() -> None:

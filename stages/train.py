@@ -68,6 +68,37 @@ def start_data_parallel(device: str) -> int:
     return dist.get_rank()
 
 
+def model_arch(model_cfg: dict, images: torch.Tensor, num_classes: int) -> dict:
+    """``create_model`` arguments for the configured network on this data (stored in every model file)."""
+    return {
+        "name": model_cfg["name"],
+        "input_size": images.shape[-1],
+        "in_channels": images.shape[1],
+        "num_classes": num_classes,
+        "class_dropout": model_cfg["class_dropout"],
+    }
+
+
+def model_file(
+    *, arch: dict, schedule: dict, prediction: str, data: dict, method: str, seed: int, step: int,
+    net: torch.nn.Module, ema: torch.nn.Module, **extra,
+) -> dict:  # fmt: skip
+    """What sample and the other readers of a model need to rebuild it (model.pt, snapshots, experts)."""
+    return {
+        "format": MODEL_FORMAT,
+        "arch": arch,
+        "schedule": schedule,
+        "prediction": prediction,
+        "data": data,
+        "method": method,
+        "seed": seed,
+        "step": step,
+        "net": net.state_dict(),
+        "ema": ema.state_dict(),
+        **extra,
+    }
+
+
 def snapshot_name(step: int) -> str:
     return f"step{step}.pt"
 
@@ -148,13 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         raise params.ParamsError(
             f"{args.params}: model.class_conditional is true but the data set {args.data} has no labels"
         )
-    arch = {
-        "name": model_cfg["name"],
-        "input_size": images.shape[-1],
-        "in_channels": images.shape[1],
-        "num_classes": num_classes,
-        "class_dropout": model_cfg["class_dropout"],
-    }
+    arch = model_arch(model_cfg, images, num_classes)
     torch.manual_seed(args.seed)
     net = create_model(**arch)
     if device.startswith("cuda") and images.numel() * images.element_size() < 4 * 2**30:
@@ -176,19 +201,17 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signum, request_stop)
 
     def model_record(step: int, trained_net: torch.nn.Module, ema_net: torch.nn.Module) -> dict:
-        """What sample and the other readers of a model need to rebuild it (model.pt and snapshots)."""
-        return {
-            "format": MODEL_FORMAT,
-            "arch": arch,
-            "schedule": schedule_kwargs,
-            "prediction": diff["prediction"],
-            "data": {"kind": dataset.kind, "sha256": manifest_hash},
-            "method": args.method,
-            "seed": args.seed,
-            "step": step,
-            "net": trained_net.state_dict(),
-            "ema": ema_net.state_dict(),
-        }
+        return model_file(
+            arch=arch,
+            schedule=schedule_kwargs,
+            prediction=diff["prediction"],
+            data={"kind": dataset.kind, "sha256": manifest_hash},
+            method=args.method,
+            seed=args.seed,
+            step=step,
+            net=trained_net,
+            ema=ema_net,
+        )
 
     # Snapshots wait beside the checkpoint until the run completes: a failed job's outputs are
     # deleted by the workflow manager, the checkpoint directory is not.

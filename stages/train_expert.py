@@ -27,7 +27,7 @@ from diffusion_curriculum.timesteps.expert import SingleInterval
 from diffusion_curriculum.training import train_loop
 
 from . import _cli, gpu, params
-from .train import MODEL_FORMAT
+from .train import model_arch, model_file
 
 SECTIONS = ("diffusion", "model", "curriculum", "experts")
 
@@ -57,13 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     index = args.interval - 1
     strategy = SingleInterval(schedule, intervals, index)
     num_classes = dataset.num_classes if model_cfg["class_conditional"] else 0
-    arch = {
-        "name": model_cfg["name"],
-        "input_size": images.shape[-1],
-        "in_channels": images.shape[1],
-        "num_classes": num_classes,
-        "class_dropout": model_cfg["class_dropout"],
-    }
+    arch = model_arch(model_cfg, images, num_classes)
     torch.manual_seed(experts["seed"])
     net = create_model(**arch)
     if device.startswith("cuda"):
@@ -100,22 +94,19 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_path(out / "loss_curve.parquet") as tmp:
         curve.to_parquet(tmp, index=False)
     with atomic_path(out / "model.pt") as tmp:
-        torch.save(
-            {
-                "format": MODEL_FORMAT,
-                "arch": arch,
-                "schedule": schedule_kwargs,
-                "prediction": diff["prediction"],
-                "data": {"kind": dataset.kind, "sha256": manifest_hash},
-                "method": f"expert{args.interval}",
-                "seed": experts["seed"],
-                "step": result.step,
-                "net": result.net.state_dict(),
-                "ema": result.ema.state_dict(),
-                "interval": {"index": args.interval, "unit_low": unit[0], "unit_high": unit[1]},
-            },
-            tmp,
+        record = model_file(
+            arch=arch,
+            schedule=schedule_kwargs,
+            prediction=diff["prediction"],
+            data={"kind": dataset.kind, "sha256": manifest_hash},
+            method=f"expert{args.interval}",
+            seed=experts["seed"],
+            step=result.step,
+            net=result.net,
+            ema=result.ema,
+            interval={"index": args.interval, "unit_low": unit[0], "unit_high": unit[1]},
         )
+        torch.save(record, tmp)
     atomic_write_json(
         {
             "interval": args.interval,

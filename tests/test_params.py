@@ -42,6 +42,16 @@ def test_missing_key_is_named(good):
         params.validate(good)
 
 
+def _with(config: dict, path: tuple, value) -> dict:
+    """A copy of ``config`` with the key at ``path`` set to ``value``."""
+    changed = copy.deepcopy(config)
+    node = changed
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return changed
+
+
 @pytest.mark.parametrize(
     ("path", "value", "named"),
     [
@@ -56,13 +66,8 @@ def test_missing_key_is_named(good):
     ],
 )
 def test_wrong_value_is_named(good, path, value, named):
-    bad = copy.deepcopy(good)
-    node = bad
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = value
     with pytest.raises(params.ParamsError, match=named):
-        params.validate(bad)
+        params.validate(_with(good, path, value))
 
 
 @pytest.mark.parametrize(
@@ -76,13 +81,8 @@ def test_wrong_value_is_named(good, path, value, named):
     ],
 )
 def test_keys_that_must_agree_are_named(good, path, value, named):
-    bad = copy.deepcopy(good)
-    node = bad
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = value
     with pytest.raises(params.ParamsError, match=named):
-        params.validate(bad)
+        params.validate(_with(good, path, value))
 
 
 def test_sections_returns_only_the_named_ones():
