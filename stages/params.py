@@ -82,6 +82,14 @@ def check_consistency(params: dict, source: str = "params.yaml") -> None:
             f"{source}: experts.stitch_base {base} is not a run of the study (study.methods "
             f"{params['study']['methods']}, study.seeds {params['study']['seeds']})"
         )
+    data = params["data"]
+    if params["model"]["condition"] == "text" and data["captions_path"] is None:
+        raise ParamsError(f"{source}: model.condition is text but data.captions_path is null")
+    if data["captions_path"] is not None and data["max_images"] is not None:
+        # Caption rows name images by their row in the full data set, which a subset renumbers.
+        raise ParamsError(
+            f"{source}: data.captions_path needs data.max_images: null (captions index the full data set)"
+        )
     baseline = params["report"]["baseline"]
     if baseline not in params["study"]["methods"]:
         raise ParamsError(

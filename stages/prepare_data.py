@@ -1,18 +1,22 @@
-"""Stage prepare_data: load the configured data set and write it as Parquet with a manifest."""
+"""Stage prepare_data: load the configured data set and write it as Parquet with a manifest, and a validated
+copy of its caption embeddings (``data.captions_path``; an empty table without captions)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from diffusion_curriculum import data
+from diffusion_curriculum import captions, data
 from diffusion_curriculum.io import atomic_write_json
 
 from . import _cli, params
+from ._conditioning import write_no_captions
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = _cli.parser(__doc__)
-    ap.add_argument("--out-dir", default="data/prepared", help="writes train.parquet and manifest.json here")
+    ap.add_argument(
+        "--out-dir", default="data/prepared", help="writes train.parquet, manifest.json, captions.parquet"
+    )
     args = ap.parse_args(argv)
     cfg = params.sections(args.params, "data")["data"]
 
@@ -27,6 +31,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     out = Path(args.out_dir)
     manifest = data.write_parquet(dataset, out / "train.parquet")
+    if cfg["captions_path"] is None:
+        write_no_captions(out / "captions.parquet")
+        manifest["captions"] = None
+    else:
+        caps = captions.read_captions(cfg["captions_path"], len(dataset))
+        captions.write_captions(caps, out / "captions.parquet")
+        manifest["captions"] = {
+            "count": len(caps), "tokens": caps.tokens, "dim": caps.dim, "null": caps.null is not None
+        }  # fmt: skip
     atomic_write_json(manifest, out / "manifest.json")
     print(f"prepare_data: {manifest['count']} images of shape {manifest['shape']} -> {out}")
 

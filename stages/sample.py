@@ -1,12 +1,16 @@
 """Stage sample[method, seed]: draw images from a trained model with the configured sampler.
 
-Writes ``samples.npz`` (``images``: uint8 NHWC for pixel data, float32 NCHW for latents; ``labels``),
-``grid.png`` (the first 100 samples, for a look) and ``settings.json`` (exactly what produced them).
-The schedule and parameterisation come from ``model.pt``, so this stage reads only ``sample``.
+Writes ``samples.npz`` (``images``: uint8 NHWC; ``labels``: the class of each sample, ``-1`` for
+unconditional ones; ``captions``: the caption row of each sample for text models), ``grid.png`` (the first
+100 samples, for a look) and ``settings.json`` (exactly what produced them).  The schedule and
+parameterisation come from ``model.pt``, so this stage reads only ``sample``.  A model trained on latents
+is decoded with the VAE that ``encode_latents`` recorded (``--encoding``); latents without a VAE are kept
+as float32 NCHW.  Text models are conditioned on captions drawn reproducibly from ``--captions``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -15,12 +19,14 @@ import torch
 from PIL import Image
 
 from diffusion_curriculum import data, samplers
+from diffusion_curriculum.captions import sampling_captions
 from diffusion_curriculum.io import atomic_path, atomic_write_json
 from diffusion_curriculum.losses import Denoiser
 from diffusion_curriculum.models import create_model
 from diffusion_curriculum.schedules import make_schedule
 
 from . import _cli, gpu, params
+from ._conditioning import read_text_captions
 
 
 def load_denoiser(path: str | Path, use_ema: bool, device: str) -> tuple[Denoiser, dict]:
@@ -52,6 +58,28 @@ def _rescale(x: torch.Tensor) -> torch.Tensor:
     return 2 * (x - lo) / (hi - lo).clamp_min(1e-8) - 1
 
 
+def latent_decoder(encoding_path: str | None, model_path: str, model_data: dict, device: str):
+    """The VAE that encoded the training data (``encode_latents``' manifest), or None for pixel models
+    and for latents given without a VAE."""
+    if encoding_path is None or model_data["kind"] != data.LATENTS:
+        return None
+    manifest = json.loads(Path(encoding_path).read_text())
+    if manifest["sha256"] != model_data["sha256"]:
+        raise ValueError(f"{model_path} was trained on other data than {encoding_path} describes")
+    encoding = manifest["encoding"]
+    if encoding is None:
+        return None
+    from diffusion_curriculum.latents import LatentCodec
+
+    codec = LatentCodec.from_directory(encoding["vae"], device=device)
+    if codec.fingerprint() != encoding["fingerprint"]:
+        raise ValueError(
+            f"the VAE in {encoding['vae']} is not the one that encoded the training data; "
+            "rerun encode_latents"
+        )
+    return codec
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = _cli.parser(__doc__)
     ap.add_argument("--model", required=True, help="model.pt written by train")
@@ -61,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="an expert's model.pt (train_expert): it denoises inside its interval, --model elsewhere",
     )
+    ap.add_argument("--encoding", default=None, help="encode_latents' manifest.json (decodes latents)")
+    ap.add_argument("--captions", default=None, help="prepare_data's captions.parquet (text models)")
     args = ap.parse_args(argv)
     cfg = params.sections(args.params, "sample")["sample"]
     device = gpu.pick_device(params.resolve_device(cfg["device"]))
@@ -77,6 +107,18 @@ def main(argv: list[str] | None = None) -> None:
         )
     arch = ckpt["arch"]
     num_classes = arch["num_classes"]
+    text_model = arch.get("text_dim", 0) > 0
+    if text_model:
+        if args.captions is None:
+            raise ValueError(f"{args.model} is a text-conditional model: give its --captions")
+        import pyarrow.parquet as pq
+
+        num_images = int(json.loads(Path(args.encoding).read_text())["count"]) if args.encoding else None
+        if num_images is None:
+            num_images = pq.read_table(args.captions, columns=["image"]).column("image").to_numpy().max() + 1
+        caption_rows, caption_images = sampling_captions(
+            read_text_captions(args.captions, num_images, args.params), cfg["num_samples"], cfg["seed"]
+        )
     schedule = make_schedule(**ckpt["schedule"])
     shape = (arch["in_channels"], arch["input_size"], arch["input_size"])
     generator = torch.Generator(device=device).manual_seed(cfg["seed"])
@@ -90,9 +132,11 @@ def main(argv: list[str] | None = None) -> None:
     n_total = cfg["num_samples"]
     for start in range(0, n_total, cfg["batch_size"]):
         n = min(cfg["batch_size"], n_total - start)
-        # Classes cycle so every class gets the same number of samples.
-        y = (torch.arange(start, start + n, device=device) % num_classes) if num_classes else None
-        x0_fn = samplers.guided_x0_fn(denoiser, y, null_label=num_classes, scale=cfg["cfg_scale"])
+        if text_model:
+            y = torch.from_numpy(caption_rows[start : start + n]).to(device)
+        else:  # classes cycle so every class gets the same number of samples
+            y = (torch.arange(start, start + n, device=device) % num_classes) if num_classes else None
+        x0_fn = samplers.guided_x0_fn(denoiser, y, scale=cfg["cfg_scale"])
         noise = torch.randn((n, *shape), generator=generator, device=device)
         # The network runs in bf16 on GPUs (as in training); the sampler's own arithmetic stays fp32.
         with torch.autocast("cuda", torch.bfloat16, enabled=device.startswith("cuda")):
@@ -106,18 +150,25 @@ def main(argv: list[str] | None = None) -> None:
                 **sampler_kwargs,
             )
         chunks.append(x.float().cpu())
-        label_chunks.append(y.cpu() if y is not None else torch.full((n,), -1))
+        label_chunks.append(y.cpu() if num_classes else torch.full((n,), -1))
     x = torch.cat(chunks)
     labels = torch.cat(label_chunks).numpy()
     if not torch.isfinite(x).all():
         raise ValueError(f"sampling from {args.model} produced non-finite values; check the sampler settings")
 
+    decoder = latent_decoder(args.encoding, args.model, ckpt["data"], device)
+    if decoder is not None:
+        x = decoder.decode(x, batch_size=cfg["batch_size"])
+
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    is_pixels = ckpt["data"]["kind"] == "pixels"
+    is_pixels = ckpt["data"]["kind"] == data.PIXELS or decoder is not None
     images = data.to_uint8_images(x) if is_pixels else x.numpy().astype(np.float32)
+    arrays = {"images": images, "labels": labels}
+    if text_model:
+        arrays["caption_images"] = caption_images  # the data-set row whose caption each sample follows
     with atomic_path(out / "samples.npz") as tmp, open(tmp, "wb") as f:
-        np.savez(f, images=images, labels=labels)
+        np.savez(f, **arrays)
     # Latents are shown channel-wise rescaled (first three channels) until a decoder is configured.
     preview = images[:100] if is_pixels else data.to_uint8_images(_rescale(x[:100, :3]))
     with atomic_path(out / "grid.png") as tmp:
@@ -129,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
             "method": ckpt["method"],
             "train_seed": ckpt["seed"],
             "expert": {"model": str(args.expert), **stitched} if stitched else None,
+            "decoded_by": str(decoder.path) if decoder is not None else None,
             **cfg,
             "device": device,
         },

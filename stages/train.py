@@ -31,6 +31,7 @@ from diffusion_curriculum.timesteps import Intervals, make_strategy, strategy_pa
 from diffusion_curriculum.training import train_loop
 
 from . import _cli, gpu, params
+from ._conditioning import training_conditioning
 
 # Exit status of a run stopped by SIGTERM / SIGUSR1 after writing its checkpoint (EX_TEMPFAIL: "try
 # again"); Snakemake's retries and SLURM's requeue start the job again and it resumes.
@@ -68,14 +69,15 @@ def start_data_parallel(device: str) -> int:
     return dist.get_rank()
 
 
-def model_arch(model_cfg: dict, images: torch.Tensor, num_classes: int) -> dict:
-    """``create_model`` arguments for the configured network on this data (stored in every model file)."""
+def model_arch(model_cfg: dict, images: torch.Tensor, conditioning: dict) -> dict:
+    """``create_model`` arguments for the configured network on this data (stored in every model file);
+    ``conditioning`` holds ``num_classes``, ``text_dim`` and ``text_tokens``."""
     return {
         "name": model_cfg["name"],
         "input_size": images.shape[-1],
         "in_channels": images.shape[1],
-        "num_classes": num_classes,
-        "class_dropout": model_cfg["class_dropout"],
+        **conditioning,
+        "class_dropout": model_cfg["condition_dropout"],
     }
 
 
@@ -127,7 +129,8 @@ def _write_table(rows: list[dict], path: Path, columns: list[str] | None = None)
 
 def main(argv: list[str] | None = None) -> None:
     ap = _cli.parser(__doc__)
-    ap.add_argument("--data", required=True, help="train.parquet written by prepare_data")
+    ap.add_argument("--data", required=True, help="train.parquet written by encode_latents")
+    ap.add_argument("--captions", default=None, help="captions.parquet written by prepare_data (text models)")
     ap.add_argument("--method", required=True, help="timestep strategy (a key of params 'strategies')")
     ap.add_argument("--seed", required=True, type=int)
     ap.add_argument("--out-dir", required=True)
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         device = gpu.pick_device(device)
 
     dataset = data.read_parquet(args.data)
-    images, labels = data.to_training_tensor(dataset)
+    images, _ = data.to_training_tensor(dataset)
     manifest_hash = data.content_hash(dataset)
     schedule_kwargs = {"framework": diff["framework"], **diff[diff["framework"]]}
     schedule = make_schedule(**schedule_kwargs)
@@ -174,18 +177,16 @@ def main(argv: list[str] | None = None) -> None:
         args.method, schedule, intervals, **with_run_facts(args.method, strategy_params, diff, train_cfg)
     )
 
-    num_classes = dataset.num_classes if model_cfg["class_conditional"] else 0
-    if model_cfg["class_conditional"] and num_classes == 0:
-        raise params.ParamsError(
-            f"{args.params}: model.class_conditional is true but the data set {args.data} has no labels"
-        )
-    arch = model_arch(model_cfg, images, num_classes)
+    conditioning = training_conditioning(model_cfg, dataset, args.captions, args.params)
+    arch = model_arch(model_cfg, images, conditioning.arch)
     torch.manual_seed(args.seed)
-    net = create_model(**arch)
+    net = create_model(**arch, text_null=conditioning.text_null)
     if device.startswith("cuda") and images.numel() * images.element_size() < 4 * 2**30:
         images = images.to(device)  # small data sets live on the GPU: no host copy in the step
-        labels = labels.to(device) if labels is not None else None
-    fingerprint = params.fingerprint(cfg, args.method, args.seed, manifest_hash, intervals.to_json())
+        conditioning.to(device)
+    fingerprint = params.fingerprint(
+        cfg, args.method, args.seed, manifest_hash, intervals.to_json(), conditioning.digest
+    )
     millions = count_parameters(net) / 1e6
     print(
         f"train[{args.method}, seed {args.seed}]: {arch['name']} ({millions:.2f}M params), "
@@ -230,7 +231,8 @@ def main(argv: list[str] | None = None) -> None:
         strategy=strategy,
         intervals=intervals,
         images=images,
-        labels=labels if num_classes else None,
+        labels=conditioning.labels,
+        condition_image=conditioning.condition_image,
         run_dir=args.checkpoint_dir,
         iterations=train_cfg["iterations"],
         batch_size=train_cfg["batch_size"],

@@ -27,6 +27,7 @@ from diffusion_curriculum.timesteps.expert import SingleInterval
 from diffusion_curriculum.training import train_loop
 
 from . import _cli, gpu, params
+from ._conditioning import training_conditioning
 from .train import model_arch, model_file
 
 SECTIONS = ("diffusion", "model", "curriculum", "experts")
@@ -34,7 +35,8 @@ SECTIONS = ("diffusion", "model", "curriculum", "experts")
 
 def main(argv: list[str] | None = None) -> None:
     ap = _cli.parser(__doc__)
-    ap.add_argument("--data", required=True, help="train.parquet written by prepare_data")
+    ap.add_argument("--data", required=True, help="train.parquet written by encode_latents")
+    ap.add_argument("--captions", default=None, help="captions.parquet written by prepare_data (text models)")
     ap.add_argument("--interval", required=True, type=int, help="i of C_i, 1 = lowest noise")
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--checkpoint-dir", required=True, help="resumable checkpoint while it runs")
@@ -49,22 +51,22 @@ def main(argv: list[str] | None = None) -> None:
     device = gpu.pick_device(params.resolve_device(experts["device"]))
 
     dataset = data.read_parquet(args.data)
-    images, labels = data.to_training_tensor(dataset)
+    images, _ = data.to_training_tensor(dataset)
     schedule_kwargs = {"framework": diff["framework"], **diff[diff["framework"]]}
     schedule = make_schedule(**schedule_kwargs)
     check_prediction(schedule, diff["prediction"])
     intervals = Intervals.uniform(num)
     index = args.interval - 1
     strategy = SingleInterval(schedule, intervals, index)
-    num_classes = dataset.num_classes if model_cfg["class_conditional"] else 0
-    arch = model_arch(model_cfg, images, num_classes)
+    conditioning = training_conditioning(model_cfg, dataset, args.captions, args.params)
+    arch = model_arch(model_cfg, images, conditioning.arch)
     torch.manual_seed(experts["seed"])
-    net = create_model(**arch)
+    net = create_model(**arch, text_null=conditioning.text_null)
     if device.startswith("cuda"):
         images = images.to(device)
-        labels = labels.to(device) if labels is not None else None
+        conditioning.to(device)
     manifest_hash = data.content_hash(dataset)
-    fingerprint = params.fingerprint(cfg, args.interval, manifest_hash)
+    fingerprint = params.fingerprint(cfg, args.interval, manifest_hash, conditioning.digest)
     unit = (intervals.unit_edges[index], intervals.unit_edges[index + 1])
     print(f"train_expert[{args.interval}]: unit interval [{unit[0]:.3f}, {unit[1]:.3f}), device {device}")
 
@@ -76,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         strategy=strategy,
         intervals=intervals,
         images=images,
-        labels=labels if num_classes else None,
+        labels=conditioning.labels,
+        condition_image=conditioning.condition_image,
         run_dir=args.checkpoint_dir,
         iterations=experts["iterations"],
         batch_size=experts["batch_size"],

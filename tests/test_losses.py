@@ -95,3 +95,25 @@ def test_loss_is_per_sample_and_weighted():
 def test_mismatched_parameterisation_is_rejected_by_name(framework, prediction):
     with pytest.raises(ValueError, match=prediction):
         check_prediction(make_schedule(framework), prediction)
+
+
+@pytest.mark.parametrize(("framework", "prediction"), [("vp", "eps"), ("edm", "edm")])
+def test_force_drop_ids_reaches_the_network_only_when_given(framework, prediction):
+    schedule = make_schedule(framework)
+    x0, noise, t = _batch(schedule)
+    calls = []
+
+    def net(x, model_t, y=None, **kw):
+        calls.append(kw)
+        return x
+
+    denoiser = Denoiser(net, schedule, prediction)
+    x_t = schedule.add_noise(x0, t, noise)
+    drop = torch.tensor([True, False] * 3)
+    guided = denoiser(x_t, t, None, force_drop_ids=drop)
+    assert torch.equal(calls[-1]["force_drop_ids"], drop)
+    plain = denoiser(x_t, t)
+    assert calls[-1] == {}  # networks without the keyword keep working
+    torch.testing.assert_close(guided, plain)
+    denoiser.raw(x_t, t, force_drop_ids=drop)
+    assert torch.equal(calls[-1]["force_drop_ids"], drop)

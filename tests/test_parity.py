@@ -26,9 +26,9 @@ def _normalise(cmd: str) -> str:
     return " ".join(shlex.split(LOG_REDIRECT.sub("", cmd)))
 
 
-def snakemake_jobs(root: Path) -> dict[str, dict]:
+def snakemake_jobs(root: Path, *extra: str) -> dict[str, dict]:
     """Normalised command -> {rule, inputs, outputs} for every job of the full DAG (a forced dry run)."""
-    proc = run_cli(["snakemake", "-n", "-p", "--forceall", "--cores", "1"], root)
+    proc = run_cli(["snakemake", "-n", "-p", "--forceall", "--cores", "1", *extra], root)
     jobs: dict[str, dict] = {}
     job: dict = {}
     for line in (proc.stdout + proc.stderr).splitlines():

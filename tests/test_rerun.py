@@ -30,7 +30,13 @@ STITCH_SAMPLE = {f"stitch_sample@{i}" for i in STITCHED}
 STITCH_EVAL = {f"stitch_eval@{i}" for i in STITCHED}
 SCORES = {"fid_ref"} | EVALUATE | STITCH_EVAL  # every job that reads the feature space
 DOWNSTREAM = {
-    "prepare_data": {"feature_net", "fid_ref", "estimate_kl"} | TRAIN_EXPERT | TRAIN,
+    # captions.parquet feeds training and sampling directly; the images reach them through encode_latents.
+    "prepare_data": {"feature_net", "fid_ref", "encode_latents"}
+    | TRAIN_EXPERT
+    | TRAIN
+    | SAMPLE
+    | STITCH_SAMPLE,
+    "encode_latents": {"estimate_kl"} | TRAIN_EXPERT | TRAIN | SAMPLE | STITCH_SAMPLE,
     "feature_net": SCORES | {"aggregate"},
     "fid_ref": EVALUATE | STITCH_EVAL,
     "estimate_kl": {"cluster_difficulty", "aggregate"},
@@ -61,7 +67,8 @@ PARAM_CASES = [
         "cosine",
         TRAIN | TRAIN_EXPERT | {"estimate_kl", "cluster_difficulty"},
     ),
-    (("model", "class_dropout"), 0.2, TRAIN | TRAIN_EXPERT),
+    (("latents", "batch_size"), 32, {"encode_latents"}),
+    (("model", "condition_dropout"), 0.2, TRAIN | TRAIN_EXPERT),
     (("curriculum", "rule"), "snr", {"cluster_difficulty"}),
     (("experts", "iterations"), 30, TRAIN_EXPERT),
     (("convergence", "tolerance"), 0.02, {"convergence"}),
@@ -153,6 +160,7 @@ def test_a_params_edit_reruns_exactly_its_readers(driver, tmp_path, path, value,
         ("src/diffusion_curriculum/training.py", TRAIN | TRAIN_EXPERT),
         ("src/diffusion_curriculum/timesteps/curriculum.py", TRAIN),
         ("src/diffusion_curriculum/kl.py", {"estimate_kl"}),
+        ("src/diffusion_curriculum/latents.py", {"encode_latents"} | SAMPLE | STITCH_SAMPLE),
         ("src/diffusion_curriculum/report/figures.py", {"aggregate"}),
     ],
 )

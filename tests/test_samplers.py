@@ -35,6 +35,7 @@ from diffusion_curriculum.samplers import (
     ode_time_steps,
     respaced_betas,
     sample,
+    stitched_denoiser,
     vp_timesteps,
 )
 from diffusion_curriculum.schedules import EDMSchedule, FlowSchedule, VPSchedule, broadcast_to
@@ -370,27 +371,33 @@ def test_noise_tensor_or_shape_with_generator():
 
 
 class FakeDenoiser:
-    """D(x, t, y) = (1 + y) x + t: depends on the label, records every call."""
+    """D(x, t, y) = (1 + y) x + t, with null class NULL where ``force_drop_ids`` is set; records calls."""
+
+    NULL = 10
 
     def __init__(self):
         self.calls = []
 
-    def __call__(self, x, t, y):
-        self.calls.append((x.shape[0], None if y is None else y.clone()))
+    def __call__(self, x, t, y, *, force_drop_ids=None):
+        drop = None if force_drop_ids is None else force_drop_ids.clone()
+        self.calls.append((x.shape[0], None if y is None else y.clone(), drop))
         if y is None:
             return x + broadcast_to(t, x)
+        if force_drop_ids is not None:
+            y = torch.where(force_drop_ids, self.NULL, y)
         return broadcast_to(1.0 + y.to(x.dtype), x) * x + broadcast_to(t, x)
 
 
 def test_cfg_scale_one_is_the_conditional_model():
     den = FakeDenoiser()
     x, t, y = torch.randn(4, 3), torch.rand(4, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
-    out = guided_x0_fn(den, y, null_label=10, scale=1.0)(x, t)
+    out = guided_x0_fn(den, y, scale=1.0)(x, t)
     assert len(den.calls) == 1 and den.calls[0][0] == 4 and torch.equal(den.calls[0][1], y)
+    assert den.calls[0][2] is None
     torch.testing.assert_close(out, den(x, t, y))
     den.calls.clear()
-    out = guided_x0_fn(den, None, null_label=10, scale=4.0)(x, t)
-    assert len(den.calls) == 1 and den.calls[0] == (4, None)
+    out = guided_x0_fn(den, None, scale=4.0)(x, t)
+    assert len(den.calls) == 1 and den.calls[0] == (4, None, None)
     torch.testing.assert_close(out, x + broadcast_to(t, x))
 
 
@@ -398,25 +405,66 @@ def test_cfg_scale_one_is_the_conditional_model():
 def test_cfg_extrapolates_in_one_batched_call(scale):
     den = FakeDenoiser()
     x, t, y = torch.randn(4, 3), torch.rand(4, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
-    out = guided_x0_fn(den, y, null_label=10, scale=scale)(x, t)
+    out = guided_x0_fn(den, y, scale=scale)(x, t)
     assert len(den.calls) == 1
-    batch, labels = den.calls[0]
-    assert batch == 8 and labels.tolist() == [0, 1, 2, 3, 10, 10, 10, 10]
+    batch, labels, drop = den.calls[0]
+    # Both halves carry the labels; the network drops them to its own null where force_drop_ids says so.
+    assert batch == 8 and labels.tolist() == [0, 1, 2, 3] * 2
+    assert drop.tolist() == [False] * 4 + [True] * 4
     cond = (1.0 + y.float())[:, None] * x + t.float()[:, None]
     uncond = 11.0 * x + t.float()[:, None]
     torch.testing.assert_close(out, uncond + scale * (cond - uncond), rtol=1e-5, atol=1e-5)
     # A scalar label is broadcast over the batch.
     den.calls.clear()
-    guided_x0_fn(den, torch.tensor(2), null_label=10, scale=scale)(x, t)
-    assert den.calls[0][1].tolist() == [2] * 4 + [10] * 4
+    guided_x0_fn(den, torch.tensor(2), scale=scale)(x, t)
+    assert den.calls[0][1].tolist() == [2] * 8
+    # The former signature, with the null label, still works and gives the same result.
+    torch.testing.assert_close(guided_x0_fn(den, y, null_label=10, scale=scale)(x, t), out)
+
+
+def test_cfg_passes_caption_embeddings_and_drops_them_in_the_network():
+    calls = []
+
+    def den(x, t, y, *, force_drop_ids=None):
+        calls.append((y.clone(), force_drop_ids.clone()))
+        # "null caption" = zeros; the output is the caption's mean times x.
+        y = torch.where(force_drop_ids[:, None, None], torch.zeros_like(y), y)
+        return y.mean(dim=(1, 2))[:, None] * x
+
+    x, t, y = torch.randn(3, 2), torch.rand(3, dtype=torch.float64), torch.randn(3, 4, 5)
+    out = guided_x0_fn(den, y, scale=3.0)(x, t)
+    ((captions, drop),) = calls
+    assert torch.equal(captions, torch.cat([y, y])) and drop.tolist() == [False] * 3 + [True] * 3
+    torch.testing.assert_close(out, 3.0 * y.mean(dim=(1, 2))[:, None] * x)
+
+
+def test_stitched_denoiser_splits_force_drop_ids_with_the_batch():
+    vp = VPSchedule()
+    calls = {"base": [], "expert": []}
+
+    def record(name):
+        def denoise(x, t, y, *, force_drop_ids=None):
+            calls[name].append((y.tolist(), force_drop_ids.tolist()))
+            return torch.full_like(x, float(name == "expert"))
+
+        return denoise
+
+    stitched = stitched_denoiser(record("base"), record("expert"), vp, 0.25, 0.5)
+    x, y = torch.zeros(4, 2), torch.tensor([0, 1, 2, 3])
+    t = torch.tensor([100, 300, 600, 400])
+    drop = torch.tensor([False, True, False, True])
+    out = stitched(x, t, y, force_drop_ids=drop)
+    assert out[:, 0].tolist() == [0.0, 1.0, 0.0, 1.0]
+    assert calls["base"][-1] == ([0, 1, 2, 3], [False, True, False, True])
+    assert calls["expert"][-1] == ([1, 3], [True, True])
 
 
 def test_cfg_drives_a_sampler_one_call_per_step():
     den = FakeDenoiser()
     edm = EDMSchedule()
     y = torch.zeros(6, dtype=torch.long)
-    x = sample(guided_x0_fn(den, y, null_label=3, scale=2.0), edm, (6, 2), "euler", steps=7)
-    assert len(den.calls) == 7 and all(batch == 12 for batch, _ in den.calls)
+    x = sample(guided_x0_fn(den, y, scale=2.0), edm, (6, 2), "euler", steps=7)
+    assert len(den.calls) == 7 and all(batch == 12 for batch, _, _ in den.calls)
     assert torch.isfinite(x).all()
 
 

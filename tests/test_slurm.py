@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from slurm_cluster import SlurmCluster, unavailable_reason
 
 from conftest import REPO, cli_env
+from slurm_cluster import SlurmCluster, unavailable_reason
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
 
@@ -30,7 +30,7 @@ SNAKEMAKE_TIMEOUT = 300  # the executor can poll forever instead of failing: bou
 GPU_TYPE = "fake"
 PREEMPTED = "dtd"  # the training run stopped by SIGTERM half-way, as SLURM does at preemption
 # The rules that ask for a GPU (and have a GPU partition in the profile) and the CPU rules of the targets.
-GPU_RULES = ("train", "train_expert", "estimate_kl", "stitch_sample")
+GPU_RULES = ("encode_latents", "train", "train_expert", "estimate_kl", "stitch_sample")
 CPU_RULES = ("prepare_data", "convergence", "cluster_difficulty", "sample")
 # Up to the final samples of both runs: the training branch with the observational stages it waits for.
 TARGETS = [f"results/samples/{m}/seed0/step40/samples.npz" for m in ("vanilla", "dtd")]

@@ -1,8 +1,11 @@
 """train_loop: a short run learns, and a run stopped and resumed ends bitwise equal to one that was not."""
 
+import math
+
 import pytest
 import torch
 
+from diffusion_curriculum import training
 from diffusion_curriculum.models import create_model
 from diffusion_curriculum.schedules import make_schedule
 from diffusion_curriculum.timesteps import Intervals, make_strategy
@@ -24,10 +27,13 @@ def run(
     tmp_path, framework="vp", prediction="eps", iterations=30, stop_after=None, seed=0, init_seed=None, **kw
 ):
     torch.manual_seed(seed if init_seed is None else init_seed)
-    net = create_model("DiT-tiny/4", input_size=8, in_channels=1, num_classes=4, class_dropout=0.1)
+    net = kw.pop("net", None)
+    if net is None:
+        net = create_model("DiT-tiny/4", input_size=8, in_channels=1, num_classes=4, class_dropout=0.1)
     schedule = make_schedule(framework)
     intervals = Intervals.uniform(5)
     images, labels = blob_images()
+    images, labels = kw.pop("images", images), kw.pop("labels", labels)
     method, strategy_params = kw.pop("strategy", ("vanilla", {}))
     args = dict(
         net=net,
@@ -127,3 +133,65 @@ def test_checkpoint_of_another_configuration_is_not_resumed(tmp_path):
 def test_rejects_nonsense_lengths(tmp_path):
     with pytest.raises(ValueError, match="iterations"):
         run(tmp_path, iterations=0)
+
+
+# --------------------------------------------------------------------------- caption conditioning
+
+
+def caption_run(tmp_path, stop_after=None, init_seed=0):
+    """A text-conditional run on blob images: 3 captions per image, (T, D) = (2, 8)."""
+    torch.manual_seed(init_seed)
+    net = create_model("DiT-tiny/4", input_size=8, in_channels=1, text_dim=8, text_tokens=2, depth=2)
+    images, _ = blob_images()
+    condition_image = torch.arange(len(images)).repeat(3)
+    captions = torch.randn(len(condition_image), 2, 8, generator=torch.Generator().manual_seed(5))
+    return run(
+        tmp_path,
+        stop_after=stop_after,
+        init_seed=init_seed,
+        net=net,
+        labels=captions,
+        condition_image=condition_image,
+    )
+
+
+def test_captions_are_drawn_with_their_own_images(tmp_path, monkeypatch):
+    seen, loss = [], training.denoising_loss
+
+    def recording_loss(denoiser, x0, t, noise, y, weight=None):
+        seen.append((x0.clone(), y.clone()))
+        return loss(denoiser, x0, t, noise, y, weight)
+
+    monkeypatch.setattr(training, "denoising_loss", recording_loss)
+    # Image i is the constant i and caption k the constant k, so every pair can be checked.
+    images = torch.arange(6.0)[:, None, None, None].expand(6, 1, 8, 8).contiguous()
+    condition_image = torch.tensor([0, 0, 1, 2, 3, 4, 5, 5, 5, 1])
+    captions = torch.arange(10.0)[:, None, None].expand(10, 1, 4).contiguous()
+    net = create_model("DiT-tiny/4", input_size=8, in_channels=1, text_dim=4, depth=1)
+    run(tmp_path, net=net, images=images, labels=captions, condition_image=condition_image, iterations=20)
+    image_of = torch.cat([x0[:, 0, 0, 0] for x0, _ in seen]).long()
+    caption = torch.cat([y[:, 0, 0] for _, y in seen]).long()
+    assert torch.equal(image_of, condition_image[caption])
+    assert set(caption.tolist()) == set(range(10))  # caption rows are drawn, not image rows
+
+
+def test_caption_conditioned_run_resumes_bitwise(tmp_path):
+    straight = caption_run(tmp_path / "straight")
+    caption_run(tmp_path / "resumed", stop_after=13)
+    resumed = caption_run(tmp_path / "resumed", init_seed=99)
+    assert resumed.resumed_from == 13 and resumed.completed
+    _assert_same_state(straight.net, resumed.net)
+    assert straight.history == resumed.history
+    losses = [row["loss"] for row in straight.history["steps"]]
+    assert all(math.isfinite(v) for v in losses)
+
+
+def test_caption_arguments_are_checked(tmp_path):
+    images, labels = blob_images()
+    with pytest.raises(ValueError, match=r"float caption embeddings \(K, T, D\)"):
+        run(tmp_path, labels=labels, condition_image=torch.arange(len(images)))
+    captions = torch.zeros(5, 1, 4)
+    with pytest.raises(ValueError, match=r"shape \(5,\), one image row per caption"):
+        run(tmp_path, labels=captions, condition_image=torch.arange(4))
+    with pytest.raises(ValueError, match=r"0\.\.127.*got 0\.\.128"):
+        run(tmp_path, labels=captions, condition_image=torch.tensor([0, 1, 2, 3, 128]))

@@ -55,13 +55,27 @@ class Denoiser(nn.Module):
         c_in = 1.0 / (sigma**2 + sd**2).sqrt()
         return c_skip, c_out, c_in
 
-    def raw(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """The network's output in its own parameterisation (EDM: F with c_in applied to the input)."""
+    def raw(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        force_drop_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The network's output in its own parameterisation (EDM: F with c_in applied to the input).
+
+        ``force_drop_ids`` (B,) bool reaches the network only when given (classifier-free guidance), so
+        networks without that keyword still work unguided.
+        """
         model_t = self.schedule.model_time(t)
+        net_in = x_t
         if self.prediction == "edm":
             _, _, c_in = self._edm_coefficients(t.to(torch.float64))
-            return self.net(broadcast_to(c_in, x_t) * x_t, model_t, y)
-        return self.net(x_t, model_t, y)
+            net_in = broadcast_to(c_in, x_t) * x_t
+        if force_drop_ids is None:
+            return self.net(net_in, model_t, y)
+        return self.net(net_in, model_t, y, force_drop_ids=force_drop_ids)
 
     def to_x0(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Convert a raw output to the x_0 prediction."""
@@ -78,8 +92,15 @@ class Denoiser(nn.Module):
         c_skip, c_out, _ = self._edm_coefficients(t.to(torch.float64))
         return broadcast_to(c_skip, x_t) * x_t + broadcast_to(c_out, x_t) * out
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.to_x0(self.raw(x_t, t, y), x_t, t)
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        force_drop_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.to_x0(self.raw(x_t, t, y, force_drop_ids=force_drop_ids), x_t, t)
 
 
 def denoising_loss(

@@ -11,7 +11,8 @@ kept in float32 and all samplers run under :func:`torch.no_grad`.
 * :func:`ddim_sample`   DDIM (Song, Meng & Ermon 2021), eta = 0 deterministic,
 * :func:`euler_sample`  Euler on the probability-flow ODE (Karras et al. 2022, EDM and flow),
 * :func:`heun_sample`   EDM's second-order Heun sampler (Karras et al. 2022, Algorithm 1, no churn),
-* :func:`guided_x0_fn`  classifier-free guidance (Ho & Salimans 2022) in one batched network call,
+* :func:`guided_x0_fn`  classifier-free guidance (Ho & Salimans 2022) in one batched network call, for
+                        class labels and caption embeddings alike,
 * :func:`sample`        dispatch by sampler name.
 """
 
@@ -336,19 +337,28 @@ def heun_sample(
 
 
 def guided_x0_fn(
-    denoiser: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
+    denoiser: Callable[..., torch.Tensor],
     y: torch.Tensor | None,
-    null_label: int,
+    null_label: int | None = None,
+    *,
     scale: float,
 ) -> X0Fn:
-    """Classifier-free guidance (Ho & Salimans 2022) on the x_0 prediction:
+    """Classifier-free guidance (Ho & Salimans 2022, eq. 6) on the x_0 prediction:
 
         x0_hat = D(x, t, null) + scale (D(x, t, y) - D(x, t, null)),
 
     which, being affine in the prediction, is the same rule as guiding eps or the velocity.  The
-    conditional and unconditional halves run as one batch of 2B through ``denoiser(x_t, t, y)``.
-    ``scale == 1`` or ``y is None`` makes a single plain call (no guidance, no extra cost).
+    conditional and unconditional halves run as one batch of 2B through
+    ``denoiser(x_t, t, y, force_drop_ids=drop)``: both halves carry ``y`` and ``drop`` is False for the
+    first, True for the second, so the network itself substitutes its null condition -- the null class
+    for class labels, the null caption for caption embeddings (float (B, T, D)) -- and this function
+    needs to know neither.  A 0-d ``y`` (one class for the batch) is broadcast.  ``scale == 1`` or
+    ``y is None`` makes a single plain call ``denoiser(x_t, t, y)`` (no guidance, no extra cost).
+
+    ``null_label`` is ignored; it is accepted so that calls written for the former label-building
+    version keep working.
     """
+    del null_label  # the network knows its own null condition (see above)
     if y is None or scale == 1.0:
 
         def plain(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -357,11 +367,12 @@ def guided_x0_fn(
         return plain
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        labels = y.to(x.device).expand(x.shape[0]) if y.ndim == 0 else y.to(x.device)
-        null = torch.full_like(labels, null_label)
-        out = denoiser(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
-        cond, uncond = out.chunk(2)
-        return uncond + scale * (cond - uncond)
+        b = x.shape[0]
+        cond = y.to(x.device).expand(b) if y.ndim == 0 else y.to(x.device)
+        drop = torch.arange(2 * b, device=x.device) >= b
+        out = denoiser(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, cond]), force_drop_ids=drop)
+        cond_x0, uncond_x0 = out.chunk(2)
+        return uncond_x0 + scale * (cond_x0 - uncond_x0)
 
     return guided
 
@@ -391,31 +402,41 @@ def sample(
 
 
 def stitched_denoiser(
-    base: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
-    expert: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
+    base: Callable[..., torch.Tensor],
+    expert: Callable[..., torch.Tensor],
     schedule: NoiseSchedule,
     unit_low: float,
     unit_high: float,
-) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
+) -> Callable[..., torch.Tensor]:
     """``expert`` for timesteps whose unit time lies in ``[unit_low, unit_high)``, ``base`` elsewhere.
 
     The stitching protocol of Kim et al. (``seeds/002``, appendix B): an expert trained on one interval
     replaces the model trained on all timesteps inside that interval only.  Samplers pass one t for the
-    whole batch, so each call runs exactly one of the two networks; mixed batches are split.
+    whole batch, so each call runs exactly one of the two networks; mixed batches are split, and with them
+    ``y`` and ``force_drop_ids`` (classifier-free guidance, :func:`guided_x0_fn`).
     """
     if not 0.0 <= unit_low < unit_high <= 1.0:
         raise ValueError(f"need 0 <= unit_low < unit_high <= 1, got [{unit_low}, {unit_high})")
 
-    def denoise(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    def denoise(
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor | None,
+        *,
+        force_drop_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        # Passed on only when given, so plain (x, t, y) callables still fit.
+        kw = {} if force_drop_ids is None else {"force_drop_ids": force_drop_ids}
         u = schedule.to_unit(t)
         inside = (u >= unit_low) & ((u < unit_high) if unit_high < 1.0 else torch.ones_like(u, dtype=bool))
         if bool(inside.all()):
-            return expert(x, t, y)
+            return expert(x, t, y, **kw)
         if not bool(inside.any()):
-            return base(x, t, y)
-        out = base(x, t, y)
+            return base(x, t, y, **kw)
+        out = base(x, t, y, **kw)
         sel = inside.nonzero().squeeze(1)
-        out[sel] = expert(x[sel], t[sel], None if y is None else y[sel]).to(out.dtype)
+        kw_sel = {name: value[sel] for name, value in kw.items()}
+        out[sel] = expert(x[sel], t[sel], None if y is None else y[sel], **kw_sel).to(out.dtype)
         return out
 
     return denoise

@@ -18,7 +18,6 @@ def _params_file():
             f"give at most one --configfile (got {given}); every file must hold the whole configuration"
         )
     path = given[0] if given else "params.yaml"
-    stage_params.validate(config, source=path)
     with open(path) as f:
         on_disk = yaml.safe_load(f)
     if on_disk != config:
@@ -26,6 +25,7 @@ def _params_file():
             f"the configuration differs from {path} (a --config override?); stages read {path} only, "
             "so edit that file or pass another with --configfile"
         )
+    stage_params.validate(config, source=path)
     return path
 
 

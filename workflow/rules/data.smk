@@ -1,9 +1,10 @@
 rule prepare_data:
     input:
-        code=code("prepare_data", "data", "io"),
+        code=code("prepare_data", "data", "captions", "io"),
     output:
         data="data/prepared/train.parquet",
         manifest="data/prepared/manifest.json",
+        captions="data/prepared/captions.parquet",
     log:
         "logs/prepare_data.log",
     conda:
@@ -13,3 +14,24 @@ rule prepare_data:
         sections=sections("data"),
     shell:
         "python -m stages.prepare_data --params {params.file} --out-dir data/prepared > {log} 2>&1"
+
+
+rule encode_latents:
+    input:
+        data="data/prepared/train.parquet",
+        code=code("encode_latents", "data", "io", "latents"),
+    output:
+        data="data/encoded/train.parquet",
+        manifest="data/encoded/manifest.json",
+    log:
+        "logs/encode_latents.log",
+    conda:
+        PIPELINE_ENV
+    resources:
+        gpu=1,
+    params:
+        file=PARAMS_FILE,
+        sections=sections("latents"),
+    shell:
+        "python -m stages.encode_latents --params {params.file} --data {input.data}"
+        " --out-dir data/encoded > {log} 2>&1"

@@ -9,7 +9,8 @@ STITCH_BASE = "results/train/{method}/seed{seed}/model.pt".format(
 
 rule train_expert:
     input:
-        data="data/prepared/train.parquet",
+        data="data/encoded/train.parquet",
+        captions="data/prepared/captions.parquet",
         code=code(
             "train_expert",
             "training",
@@ -20,6 +21,7 @@ rule train_expert:
             "timesteps/base",
             "timesteps/expert",
             "data",
+            "captions",
             "io",
             "models/__init__",
             "models/layers",
@@ -43,7 +45,7 @@ rule train_expert:
         checkpoint_dir="checkpoints/experts/expert{interval}",
     shell:
         "python -m stages.train_expert --params {params.file} --data {input.data}"
-        " --interval {wildcards.interval} --out-dir {params.out_dir}"
+        " --captions {input.captions} --interval {wildcards.interval} --out-dir {params.out_dir}"
         " --checkpoint-dir {params.checkpoint_dir} > {log} 2>&1"
 
 
@@ -69,7 +71,7 @@ rule convergence:
 
 rule estimate_kl:
     input:
-        data="data/prepared/train.parquet",
+        data="data/encoded/train.parquet",
         code=code("estimate_kl", "kl", "schedules", "data", "io"),
     output:
         table="results/kl/kl.parquet",
@@ -112,6 +114,8 @@ rule stitch_sample:
     input:
         base=STITCH_BASE,
         expert="results/experts/expert{interval}/model.pt",
+        encoding="data/encoded/manifest.json",
+        captions="data/prepared/captions.parquet",
         code=code(
             "sample",
             "samplers",
@@ -119,6 +123,8 @@ rule stitch_sample:
             "schedules",
             "device_tables",
             "data",
+            "captions",
+            "latents",
             "io",
             "models/__init__",
             "models/layers",
@@ -141,7 +147,8 @@ rule stitch_sample:
         out_dir="results/samples/stitch/expert{interval}",
     shell:
         "python -m stages.sample --params {params.file} --model {input.base}"
-        " --expert {input.expert} --out-dir {params.out_dir} > {log} 2>&1"
+        " --expert {input.expert} --encoding {input.encoding} --captions {input.captions}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule stitch_eval:

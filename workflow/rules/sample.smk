@@ -1,6 +1,8 @@
 rule sample:
     input:
         snapshots="results/train/{method}/seed{seed}/snapshots",
+        encoding="data/encoded/manifest.json",
+        captions="data/prepared/captions.parquet",
         code=code(
             "sample",
             "samplers",
@@ -8,6 +10,8 @@ rule sample:
             "schedules",
             "device_tables",
             "data",
+            "captions",
+            "latents",
             "io",
             "models/__init__",
             "models/layers",
@@ -29,4 +33,5 @@ rule sample:
     shell:
         "python -m stages.sample --params {params.file}"
         " --model {input.snapshots}/step{wildcards.step}.pt"
+        " --encoding {input.encoding} --captions {input.captions}"
         " --out-dir {params.out_dir} > {log} 2>&1"

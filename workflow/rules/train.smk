@@ -1,6 +1,7 @@
 rule train:
     input:
-        data="data/prepared/train.parquet",
+        data="data/encoded/train.parquet",
+        captions="data/prepared/captions.parquet",
         curriculum="results/curriculum/curriculum.json",
         code=code(
             "train",
@@ -16,6 +17,7 @@ rule train:
             "timesteps/speed",
             "timesteps/weighting",
             "data",
+            "captions",
             "io",
             "models/__init__",
             "models/layers",
@@ -45,5 +47,5 @@ rule train:
         checkpoint_dir="checkpoints/train/{method}/seed{seed}",
     shell:
         "python -m stages.train --params {params.file} --data {input.data}"
-        " --curriculum {input.curriculum} --method {wildcards.method} --seed {wildcards.seed}"
+        " --captions {input.captions} --curriculum {input.curriculum} --method {wildcards.method} --seed {wildcards.seed}"
         " --out-dir {params.out_dir} --checkpoint-dir {params.checkpoint_dir} > {log} 2>&1"

@@ -10,6 +10,15 @@ zero, so every block starts as the identity and the network starts by predicting
 
 Unlike the paper's ImageNet models this variant predicts only the mean/noise/velocity target (no
 learned variance channels), so the output has the same shape as the input.
+
+Text conditioning (``text_dim > 0``, captions embedded elsewhere): the pooled caption joins ``c`` like a
+class embedding (:class:`~.layers.TextEmbedder`), and in addition every caption token is projected to the
+hidden size and prepended to the image tokens -- in-context conditioning, as in U-ViT (Bao et al. 2023,
+"All are Worth Words", arXiv:2209.12152) and DiT's own in-context variant -- so attention can read the
+caption token by token; the blocks run over the joint sequence and the caption tokens are dropped before
+the final layer.  Caption tokens get a learned position embedding (as all of U-ViT's tokens do): it
+both marks them as text, apart from every image position, and orders them when the encoder's output
+does not encode order itself.
 """
 
 from __future__ import annotations
@@ -20,7 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import LabelEmbedder, TimestepEmbedder, check_input, embed_conditions
+from .layers import (
+    LabelEmbedder,
+    TextEmbedder,
+    TimestepEmbedder,
+    batch_times,
+    check_input,
+    condition_of,
+    embed_conditions,
+)
 
 __all__ = ["DIT_SIZES", "DiT", "sincos_pos_embed_2d"]
 
@@ -114,7 +131,7 @@ class FinalLayer(nn.Module):
 
 
 class DiT(nn.Module):
-    """Diffusion Transformer: ``net(x (B,C,H,W), t (B,), y (B,) | None) -> (B,C,H,W)``.
+    """Diffusion Transformer: ``net(x (B,C,H,W), t (B,), y | None, *, force_drop_ids) -> (B,C,H,W)``.
 
     Args:
         input_size: spatial size H (= W), or an ``(H, W)`` pair; each must be divisible by
@@ -124,7 +141,13 @@ class DiT(nn.Module):
         depth, hidden_size, num_heads, mlp_ratio: transformer size.
         num_classes: 0 for an unconditional net; otherwise labels 0..num_classes-1, plus the null
             class ``num_classes`` used for ``y=None`` and for label dropout.
-        class_dropout: probability, in training mode only, of replacing a label by the null class.
+        class_dropout: probability, in training mode only, of replacing a label (or caption) by the null
+            class (or null caption).
+        text_dim: 0, or the caption embedding size D of a text-conditional net; then ``y`` is a float
+            (B, text_tokens, D) tensor (or (B, D) when ``text_tokens == 1``), ``y=None`` is the null
+            caption, and ``num_classes`` must be 0.
+        text_tokens: tokens T per caption (1 for pooled embeddings).
+        text_null: the encoder's (T, D) embedding of the empty caption, kept fixed; None learns one.
     """
 
     def __init__(
@@ -140,19 +163,21 @@ class DiT(nn.Module):
         num_classes: int = 0,
         class_dropout: float = 0.1,
         frequency_dim: int = 256,
+        text_dim: int = 0,
+        text_tokens: int = 1,
+        text_null: torch.Tensor | None = None,
     ):
         super().__init__()
         height, width = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
         if height % patch_size or width % patch_size:
             raise ValueError(f"DiT input size {height}x{width} is not divisible by patch size {patch_size}")
-        if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        self.condition = condition_of(num_classes, text_dim, text_null)
         self.input_size = (height, width)
         self.in_channels = in_channels
         self.out_channels = in_channels
         self.patch_size = patch_size
         self.num_classes = num_classes
-        # Always num_classes, so generic CFG code can pass it; unconditional nets ignore labels anyway.
+        # Always num_classes, the label y=None stands for; callers written before force_drop_ids pass it.
         self.null_class = num_classes
         self.grid = (height // patch_size, width // patch_size)
 
@@ -163,6 +188,10 @@ class DiT(nn.Module):
         )
         self.t_embed = TimestepEmbedder(hidden_size, frequency_dim)
         self.y_embed = LabelEmbedder(num_classes, hidden_size, class_dropout) if num_classes > 0 else None
+        if self.condition == "text":
+            self.text_embed = TextEmbedder(text_dim, hidden_size, text_tokens, class_dropout, text_null)
+            self.text_token_proj = nn.Linear(text_dim, hidden_size)
+            self.text_token_pos = nn.Parameter(torch.empty(1, text_tokens, hidden_size))
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
         self.final = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.reset_parameters()
@@ -182,6 +211,9 @@ class DiT(nn.Module):
             nn.init.normal_(layer.weight, std=0.02)
         if self.y_embed is not None:
             nn.init.normal_(self.y_embed.table.weight, std=0.02)
+        if self.condition == "text":
+            self.text_embed.reset_null()
+            nn.init.normal_(self.text_token_pos, std=0.02)
         # adaLN-Zero: every residual branch is gated shut and the output map is zero at init.
         for block in self.blocks:
             nn.init.zeros_(block.modulation[1].weight)
@@ -207,7 +239,26 @@ class DiT(nn.Module):
     ) -> torch.Tensor:
         check_input(self, x)
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
-        c = embed_conditions(self.t_embed, self.y_embed, t, y, x, force_drop_ids)
+        c, context = self._conditioning(x, t, y, force_drop_ids)
+        n_context = 0 if context is None else context.shape[1]
+        if context is not None:
+            tokens = torch.cat([context.to(tokens.dtype), tokens], dim=1)
         for block in self.blocks:
             tokens = block(tokens, c)
-        return self.unpatchify(self.final(tokens, c))
+        return self.unpatchify(self.final(tokens[:, n_context:], c))
+
+    def _conditioning(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor | None,
+        force_drop_ids: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The adaLN condition vector, and for text nets the caption tokens to prepend (else None)."""
+        if self.condition != "text":
+            return embed_conditions(self.t_embed, self.y_embed, t, y, x, force_drop_ids), None
+        b = x.shape[0]
+        text = self.text_embed.resolve(y, b, force_drop_ids)
+        c = self.t_embed(batch_times(t, b, x.device)) + self.text_embed.pool(text)
+        context = self.text_token_proj(text.to(self.text_token_proj.weight.dtype)) + self.text_token_pos
+        return c, context

@@ -10,6 +10,11 @@ The time (and class) embedding enters every residual block as an ADM-style scale
 output projection and the output conv start at zero, so each block starts as the identity and the
 network starts by predicting zeros.
 
+Text conditioning (``text_dim > 0``) uses the pooled path only: the mean caption embedding, through
+:class:`~.layers.TextEmbedder`, is added to the time embedding like a class embedding.  There is no
+cross-attention to caption tokens, so a token sequence conditions this network only through its mean
+(the DiT also attends to the tokens themselves).
+
 Every downsampling halves the size exactly, so the input size must be divisible by
 ``2 ** (len(channel_mult) - 1)``: 28x28 works with three levels (28 -> 14 -> 7), but not with the
 four of ``UNet-base`` -- that raises a ValueError naming the size (no silent padding).
@@ -21,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import LabelEmbedder, TimestepEmbedder, check_input, embed_conditions
+from .layers import LabelEmbedder, TextEmbedder, TimestepEmbedder, check_input, condition_of, embed_conditions
 
 __all__ = ["UNET_CONFIGS", "UNet"]
 
@@ -116,7 +121,7 @@ class Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-    """Convolutional UNet denoiser: ``net(x (B,C,H,W), t (B,), y (B,) | None) -> (B,C,H,W)``.
+    """Convolutional UNet denoiser: ``net(x (B,C,H,W), t (B,), y | None, *, force_drop_ids) -> (B,C,H,W)``.
 
     Args:
         input_size: spatial size H (= W), or an ``(H, W)`` pair; must be divisible by
@@ -131,6 +136,8 @@ class UNet(nn.Module):
         dropout: dropout inside residual blocks.
         norm_groups: maximum GroupNorm group count.
         num_classes / class_dropout: as for :class:`~diffusion_curriculum.models.dit.DiT`.
+        text_dim / text_tokens / text_null: as for the DiT, but only the pooled caption is used (module
+            docstring).
     """
 
     def __init__(
@@ -147,6 +154,9 @@ class UNet(nn.Module):
         norm_groups: int = 32,
         num_classes: int = 0,
         class_dropout: float = 0.1,
+        text_dim: int = 0,
+        text_tokens: int = 1,
+        text_null: torch.Tensor | None = None,
     ):
         super().__init__()
         height, width = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
@@ -161,18 +171,19 @@ class UNet(nn.Module):
             raise ValueError(
                 f"attention_levels {attention_levels} out of range for {len(channel_mult)} levels"
             )
-        if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        self.condition = condition_of(num_classes, text_dim, text_null)
         self.input_size = (height, width)
         self.in_channels = in_channels
         self.out_channels = in_channels
         self.num_classes = num_classes
-        # Always num_classes, so generic CFG code can pass it; unconditional nets ignore labels anyway.
+        # Always num_classes, the label y=None stands for; callers written before force_drop_ids pass it.
         self.null_class = num_classes
 
         emb_dim = 4 * base_channels
         self.t_embed = TimestepEmbedder(emb_dim)
         self.y_embed = LabelEmbedder(num_classes, emb_dim, class_dropout) if num_classes > 0 else None
+        if self.condition == "text":
+            self.text_embed = TextEmbedder(text_dim, emb_dim, text_tokens, class_dropout, text_null)
 
         def res(cin: int, cout: int) -> ResBlock:
             return ResBlock(cin, cout, emb_dim, dropout, norm_groups)
@@ -233,6 +244,8 @@ class UNet(nn.Module):
             nn.init.zeros_(zero.bias)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+        if self.condition == "text":
+            self.text_embed.reset_null()
 
     def forward(
         self,
@@ -243,7 +256,8 @@ class UNet(nn.Module):
         force_drop_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         check_input(self, x)
-        emb = embed_conditions(self.t_embed, self.y_embed, t, y, x, force_drop_ids)
+        cond_embed = self.text_embed if self.condition == "text" else self.y_embed
+        emb = embed_conditions(self.t_embed, cond_embed, t, y, x, force_drop_ids)
 
         h = self.conv_in(x)
         skips = [h]

@@ -1,0 +1,108 @@
+"""The paper-scale presets in configs/: each passes the schema, dry-runs under both drivers, and is what
+the stages read.  A preset is switched with one command: ``snakemake --configfile configs/NAME.yaml`` or
+``cp configs/NAME.yaml params.yaml && dvc repro``.
+"""
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages import params
+
+from conftest import REPO, run_cli
+from test_parity import snakemake_jobs
+
+pytestmark = pytest.mark.e2e
+
+PRESETS = sorted(p.stem for p in (REPO / "configs").glob("*.yaml") if p.stem != "smoke")
+PAPER_PRESETS = {"ffhq_dit_b", "imagenet_dit_b", "imagenet_dit_l", "cifar10_edm", "ffhq_sit_b", "coco_t2i"}
+
+
+def test_the_issue_presets_exist():
+    assert set(PRESETS) >= PAPER_PRESETS
+
+
+@pytest.mark.parametrize("name", [*PRESETS, "smoke"])
+def test_preset_passes_the_schema(name):
+    params.load(REPO / "configs" / f"{name}.yaml")
+
+
+def test_presets_keep_the_paper_hyper_parameters():
+    for name in PAPER_PRESETS:
+        cfg = params.load(REPO / "configs" / f"{name}.yaml")
+        train = cfg["train"]
+        assert (train["lr"], train["weight_decay"], train["ema_decay"], train["batch_size"]) == (
+            1e-4,
+            0.0,
+            0.9999,
+            256,
+        ), name
+        assert cfg["curriculum"]["num_clusters"] == 20, name
+        assert cfg["sample"]["num_samples"] == 50000, name
+        tau = 400 if cfg["model"]["name"] == "DiT-L/2" else 200
+        assert cfg["strategies"]["dtd"]["tau_max"] == tau, name
+        conditional = cfg["model"]["condition"] != "none"
+        assert cfg["sample"]["cfg_scale"] == (1.5 if conditional else 1.0), name
+    schedules = {
+        params.load(REPO / "configs" / f"{n}.yaml")["diffusion"]["vp"]["beta_schedule"]
+        for n in ("imagenet_dit_b", "imagenet_dit_b_linear")
+    }
+    assert schedules == {"cosine", "linear"}
+
+
+def _expected_jobs(cfg: dict) -> dict[str, int]:
+    runs = len(cfg["study"]["methods"]) * len(cfg["study"]["seeds"])
+    return {
+        "train": runs,
+        "sample": runs * len(cfg["train"]["snapshots"]),
+        "train_expert": cfg["curriculum"]["num_clusters"],
+        "stitch_sample": len(cfg["experts"]["stitch_intervals"]),
+        "encode_latents": 1,
+    }
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_dry_runs_under_both_drivers(name, pipeline_dir):
+    preset = f"configs/{name}.yaml"
+    cfg = yaml.safe_load((REPO / preset).read_text())
+    expected = _expected_jobs(cfg)
+
+    jobs = snakemake_jobs(pipeline_dir, "--configfile", preset)
+    # Every stage is told to read the preset: a --configfile is never silently dropped.
+    read = {Path(re.search(r"--params (\S+)", cmd).group(1)) for cmd in jobs}
+    assert {p if p.is_absolute() else pipeline_dir / p for p in read} == {pipeline_dir / preset}
+    counts = {rule: sum(job["rule"] == rule for job in jobs.values()) for rule in expected}
+    assert counts == expected
+
+    shutil.copy2(REPO / preset, pipeline_dir / "params.yaml")  # the documented DVC switch
+    for args in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        run_cli(args, pipeline_dir)
+    dry = run_cli(["dvc", "repro", "--dry", "--force"], pipeline_dir).stdout
+    stages = re.findall(r"Running stage '([^'@]+)(?:@[^']*)?'", dry)
+    assert {rule: stages.count(rule) for rule in expected} == expected
+
+
+def test_stages_read_the_configfile_snakemake_was_given(pipeline_dir):
+    """Run prepare_data for real under a --configfile that differs from params.yaml in what it loads."""
+    custom = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+    custom["data"].update(source="sklearn_digits", max_images=123)
+    (pipeline_dir / "configs" / "custom.yaml").write_text(yaml.safe_dump(custom))
+    run_cli(
+        ["snakemake", "data/prepared/manifest.json", "--cores", "1", "--configfile", "configs/custom.yaml"],
+        pipeline_dir,
+    )
+    manifest = yaml.safe_load((pipeline_dir / "data" / "prepared" / "manifest.json").read_text())
+    assert (manifest["count"], manifest["source"]) == (123, "sklearn_digits")
+
+
+def test_a_config_override_that_no_stage_would_see_is_refused(pipeline_dir):
+    proc = run_cli(
+        ["snakemake", "-n", "--cores", "1", "--config", "train={'iterations': 7}"],
+        pipeline_dir,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "stages read params.yaml only" in proc.stdout + proc.stderr
