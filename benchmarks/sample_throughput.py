@@ -277,9 +277,7 @@ def make_run(
     if path == "reference":
         reference = REFERENCES[sampler]
         return lambda: reference(model, schedule, noise, y, null, scale, n_steps, gen)
-    x0_fn = samplers.guided_x0_fn(
-        Denoiser(model, schedule, sspec.prediction), y, null_label=null, scale=scale
-    )
+    x0_fn = samplers.guided_x0_fn(Denoiser(model, schedule, sspec.prediction), y, scale=scale)
 
     def project() -> torch.Tensor:
         with autocast:

