@@ -84,7 +84,7 @@ def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path):
 @pytest.mark.e2e
 def test_train_stage_relaunches_under_torchrun_and_matches_one_process(pipeline_dir):
     cfg = yaml.safe_load((pipeline_dir / "params.yaml").read_text())
-    cfg["model"]["class_dropout"] = 0.0  # drawn per rank inside the network: the one non-shared draw
+    cfg["model"]["condition_dropout"] = 0.0  # drawn per rank inside the network: the one non-shared draw
     cfg["train"].update(iterations=12, batch_size=8, log_every=4, checkpoint_every=4, snapshots=[6, 12])
     for ranks in (1, 2):
         cfg["train"]["data_parallel"] = ranks

@@ -207,6 +207,7 @@ def test_smoke_pipeline_on_slurm_gives_train_a_gpu_and_resumes_a_preempted_run(
     assert {state for state, _ in states.values()} == {"COMPLETED"}, states
     assert {rule: len(js) for rule, js in by_rule.items()} == {
         "prepare_data": 1,
+        "encode_latents": 1,
         "estimate_kl": 1,
         "train_expert": 2,
         "convergence": 1,
