@@ -35,6 +35,11 @@ def encoding_record(codec, image_shape: list[int] | None, posterior: str | None)
     }
 
 
+def copy_through(source: str, out: Path) -> None:
+    with atomic_path(out / "train.parquet") as tmp:
+        shutil.copyfile(source, tmp)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = _cli.parser(__doc__)
     ap.add_argument("--data", default="data/prepared/train.parquet", help="prepare_data's Parquet")
@@ -46,8 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     dataset = data.read_parquet(args.data)
 
     if cfg["vae"] is None:
-        with atomic_path(out / "train.parquet") as tmp:
-            shutil.copyfile(args.data, tmp)
+        copy_through(args.data, out)
         manifest = {**data.dataset_manifest(dataset), "encoding": None}
         what = "unchanged (latents.vae is null)"
     else:
@@ -62,8 +66,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"{args.data} holds latents with {dataset.channels} channels, but the VAE in "
                     f"latents.vae = {cfg['vae']} makes {expected}"
                 )
-            with atomic_path(out / "train.parquet") as tmp:
-                shutil.copyfile(args.data, tmp)
+            copy_through(args.data, out)
             encoding = encoding_record(codec, None, None)
             manifest = {**data.dataset_manifest(dataset), "encoding": encoding}
             what = "given as latents; the VAE decodes samples"

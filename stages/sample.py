@@ -58,14 +58,13 @@ def _rescale(x: torch.Tensor) -> torch.Tensor:
     return 2 * (x - lo) / (hi - lo).clamp_min(1e-8) - 1
 
 
-def latent_decoder(encoding_path: str | None, model_path: str, model_data: dict, device: str):
+def latent_decoder(manifest: dict | None, model_path: str, model_data: dict, device: str):
     """The VAE that encoded the training data (``encode_latents``' manifest), or None for pixel models
     and for latents given without a VAE."""
-    if encoding_path is None or model_data["kind"] != data.LATENTS:
+    if manifest is None or model_data["kind"] != data.LATENTS:
         return None
-    manifest = json.loads(Path(encoding_path).read_text())
     if manifest["sha256"] != model_data["sha256"]:
-        raise ValueError(f"{model_path} was trained on other data than {encoding_path} describes")
+        raise ValueError(f"{model_path} was trained on other data than the --encoding manifest describes")
     encoding = manifest["encoding"]
     if encoding is None:
         return None
@@ -105,19 +104,17 @@ def main(argv: list[str] | None = None) -> None:
         denoiser = samplers.stitched_denoiser(
             denoiser, expert, denoiser.schedule, stitched["unit_low"], stitched["unit_high"]
         )
+    encoded = json.loads(Path(args.encoding).read_text()) if args.encoding else None
     arch = ckpt["arch"]
     num_classes = arch["num_classes"]
     text_model = arch.get("text_dim", 0) > 0
     if text_model:
         if args.captions is None:
             raise ValueError(f"{args.model} is a text-conditional model: give its --captions")
-        import pyarrow.parquet as pq
-
-        num_images = int(json.loads(Path(args.encoding).read_text())["count"]) if args.encoding else None
-        if num_images is None:
-            num_images = pq.read_table(args.captions, columns=["image"]).column("image").to_numpy().max() + 1
+        if encoded is None:
+            raise ValueError(f"{args.model} is a text-conditional model: give the --encoding manifest too")
         caption_rows, caption_images = sampling_captions(
-            read_text_captions(args.captions, num_images, args.params), cfg["num_samples"], cfg["seed"]
+            read_text_captions(args.captions, encoded["count"], args.params), cfg["num_samples"], cfg["seed"]
         )
     schedule = make_schedule(**ckpt["schedule"])
     shape = (arch["in_channels"], arch["input_size"], arch["input_size"])
@@ -156,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     if not torch.isfinite(x).all():
         raise ValueError(f"sampling from {args.model} produced non-finite values; check the sampler settings")
 
-    decoder = latent_decoder(args.encoding, args.model, ckpt["data"], device)
+    decoder = latent_decoder(encoded, args.model, ckpt["data"], device)
     if decoder is not None:
         x = decoder.decode(x, batch_size=cfg["batch_size"])
 
