@@ -13,7 +13,7 @@ import yaml
 from stages import params
 
 from conftest import REPO, run_cli
-from test_parity import snakemake_jobs
+from test_parity import dvc_stages, snakemake_jobs
 
 pytestmark = pytest.mark.e2e
 
@@ -77,11 +77,10 @@ def test_preset_dry_runs_under_both_drivers(name, pipeline_dir):
     counts = {rule: sum(job["rule"] == rule for job in jobs.values()) for rule in expected}
     assert counts == expected
 
-    shutil.copy2(REPO / preset, pipeline_dir / "params.yaml")  # the documented DVC switch
-    for args in (["git", "init", "-q"], ["dvc", "init", "-q"]):
-        run_cli(args, pipeline_dir)
-    dry = run_cli(["dvc", "repro", "--dry", "--force"], pipeline_dir).stdout
-    stages = re.findall(r"Running stage '([^'@]+)(?:@[^']*)?'", dry)
+    # The documented DVC switch; DVC expands dvc.yaml's foreach stages from it.  The stage list is read
+    # in-process (what `dvc repro --dry` walks, without its 4-5 s of CLI start-up per preset).
+    shutil.copy2(REPO / preset, pipeline_dir / "params.yaml")
+    stages = [stage["rule"] for stage in dvc_stages(pipeline_dir).values()]
     assert {rule: stages.count(rule) for rule in expected} == expected
 
 

@@ -118,15 +118,19 @@ def test_smoke_pipeline_on_slurm_gives_train_a_gpu_and_resumes_a_preempted_run(
     cluster, slurm_python, pipeline_dir, tmp_path
 ):
     # Test-only settings.  (1) The GPU type of the fake devices; the overlay restates the profile's own
-    # set-resources because a workflow profile replaces that key as a whole.  (2) A first checkpoint at
-    # step 10 of 40, so the preempted run has most of its steps left when the signal lands.
+    # set-resources because a workflow profile replaces that key as a whole.  (2) Status checks every
+    # 2 s instead of 8: the smoke jobs take seconds, and the chain of eight rules would otherwise spend
+    # most of its time waiting to be polled.  (3) A first checkpoint at step 10 of 40, so the preempted
+    # run has most of its steps left when the signal lands.
     profile = _profile()
     set_resources = profile.get("set-resources", {})
     for rule in GPU_RULES:
         set_resources[rule]["gpu_model"] = GPU_TYPE
     overlay = tmp_path / "overlay"
     overlay.mkdir()
-    (overlay / "config.yaml").write_text(yaml.safe_dump({"set-resources": set_resources}))
+    (overlay / "config.yaml").write_text(
+        yaml.safe_dump({"set-resources": set_resources, "slurm-init-seconds-before-status-checks": 2})
+    )
     params = yaml.safe_load((pipeline_dir / "params.yaml").read_text())
     params["train"]["checkpoint_every"] = 10
     # Two intervals keep the observational branch that train waits for to a few jobs.

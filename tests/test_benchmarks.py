@@ -1,0 +1,102 @@
+"""Every benchmark in benchmarks/ runs end to end in its smallest CPU form and prints the tables that
+BENCHMARKS.md quotes.  The timings themselves are not asserted (machines are noisy); what is asserted is
+what must hold on any device: every compared path is in the table, the FLOP counter agrees with the
+analytic count, and the project's samplers produce what the plain reference loop produces.
+"""
+
+import re
+import sys
+
+import pytest
+
+from conftest import REPO, run_cli
+
+BENCHMARKS = REPO / "benchmarks"
+
+
+def run_benchmark(name: str, *args: str) -> str:
+    return run_cli([sys.executable, str(BENCHMARKS / name), *args], REPO, timeout=300).stdout
+
+
+def markdown_tables(text: str) -> list[list[dict[str, str]]]:
+    """The Markdown tables in ``text``, each as a list of {header: cell} rows."""
+    tables, block = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            block.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+            continue
+        if len(block) > 2:
+            tables.append([dict(zip(block[0], row, strict=True)) for row in block[2:]])
+        block = []
+    return tables
+
+
+def number(cell: str) -> float:
+    return float(re.match(r"[-+−]?[\d.]+(?:e[-+]?\d+)?", cell).group(0).replace("−", "-"))
+
+
+def test_train_throughput_compares_every_path_and_counts_flops_analytically():
+    out = run_benchmark(
+        "train_throughput.py", "--device", "cpu", "--tiny",
+        "--rounds", "1", "--warmup", "1", "--windows", "1", "--window-steps", "1",
+    )  # fmt: skip
+    (table,) = markdown_tables(out)
+    assert [row["path"] for row in table] == [
+        "reference", "vanilla", "dtd", "vanilla+compile", "dtd+compile"
+    ]  # fmt: skip
+    assert table[0]["speed-up vs reference"] == "1.00x"
+    for row in table:
+        assert number(row["images/s"]) > 0 and 0 < number(row["MFU (measured float32 peak)"]) < 100, row
+    flops = re.search(r"([\d.]+) GFLOP per training image \(analytic 3 x forward: ([\d.]+)\)", out)
+    measured, analytic = map(float, flops.groups())
+    assert measured == pytest.approx(analytic, rel=0.02)
+    assert re.search(r"dtd step time vs vanilla's .*eager: [-+]?[\d.]+ %", out)
+
+
+def test_sample_throughput_matches_the_reference_loop():
+    out = run_benchmark(
+        "sample_throughput.py", "--device", "cpu", "--tiny", "--rounds", "1", "--timed-steps", "2"
+    )
+    (table,) = markdown_tables(out)
+    paths = [(row["sampler"], row["path"]) for row in table]
+    assert paths == [
+        (sampler, path)
+        for sampler in ("DDPM-250", "Euler-40")
+        for path in ("reference", "project", "project+compile")
+    ]
+    for row in table:
+        assert number(row["images/s"]) > 0, row
+        if row["path"] != "reference":
+            # fp32 on both sides: one guided call on a doubled batch equals two calls up to rounding.
+            assert number(row["rel. diff vs reference"]) < 1e-5, row
+
+
+def test_kl_throughput_reports_the_requested_problem():
+    out = run_benchmark(
+        "kl_throughput.py", "--num-samples", "32", "--num-data", "24", "--dim", "48",
+        "--num-timesteps", "100", "--repeats", "1",
+    )  # fmt: skip
+    (table,) = markdown_tables(out)
+    (row,) = table
+    assert (row["M"], row["L"], row["D"], row["pairs"]) == ("32", "24", "48", "99")
+    assert number(row["median time (s)"]) > 0 and 0 < number(row["% of peak"]) < 100
+
+
+def test_strategy_overhead_times_every_strategy_against_vanilla():
+    out = run_benchmark(
+        "strategy_overhead.py", "--batch", "4", "--image-size", "8", "--repeats", "2", "--warmup", "1"
+    )
+    (table,) = markdown_tables(out)
+    assert {row["strategy"] for row in table} == {
+        "vanilla", "dtd", "anti_cl", "naive_cl", "clts", "speed", "min_snr", "p2", "logit_normal",
+        "edm_lognormal",
+    }  # fmt: skip
+    vanilla = next(row for row in table if row["strategy"] == "vanilla")
+    assert number(vanilla["ratio to vanilla"]) == 1.0
+
+
+def test_optimizer_step_compares_the_three_adamw_implementations():
+    out = run_benchmark("optimizer_step.py", "--repeats", "2", "--steps", "2")
+    (table,) = markdown_tables(out)
+    assert [row["implementation"] for row in table] == ["for-loop", "foreach", "fused"]
+    assert table[0]["ratio to for-loop"] == "1.00"
