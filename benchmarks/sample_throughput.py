@@ -245,7 +245,7 @@ def main() -> None:
             diff = "" if s.rel_diff is None else f"{s.rel_diff:.1e}"
             ips = args.batch / (sspec.steps * step)
             rows.append(
-                f"{label} {ips:.1f} | {1e3 * step:.2f} | {speedup:.2f}x{target} | {fmt(flops)} | "
+                f"{label} {fmt(ips)} | {1e3 * step:.2f} | {speedup:.2f}x{target} | {fmt(flops)} | "
                 f"{100 * flops / peak:.1f} % |{nominal} {fmt_gib(s.peak_bytes)} | {compile_s} | {diff} |"
             )
     print("\n".join(lines) + "\n")
