@@ -1,7 +1,8 @@
 """Every benchmark in benchmarks/ runs end to end in its smallest CPU form and prints the tables that
 BENCHMARKS.md quotes.  The timings themselves are not asserted (machines are noisy); what is asserted is
 what must hold on any device: every compared path is in the table, the FLOP counter agrees with the
-analytic count, and the project's samplers produce what the plain reference loop produces.
+analytic count, the project's samplers produce what the plain reference loop produces, and the memory
+estimate counts weights, optimiser state and activations as their sizes say.
 """
 
 import re
@@ -100,3 +101,24 @@ def test_optimizer_step_compares_the_three_adamw_implementations():
     (table,) = markdown_tables(out)
     assert [row["implementation"] for row in table] == ["for-loop", "foreach", "fused"]
     assert table[0]["ratio to for-loop"] == "1.00"
+
+
+def test_memory_estimate_counts_weights_optimiser_state_and_activations():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import memory_estimate
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    small, small_total, n_params = memory_estimate.estimate("DiT-tiny/4", 64, tiny=True)
+    large, large_total, _ = memory_estimate.estimate("DiT-tiny/4", 128, tiny=True)
+    # Fused AdamW keeps a float32 step count per parameter tensor beside the two moments.
+    n_tensors = len(list(memory_estimate.spec_for("DiT-tiny/4", True).build().parameters()))
+    for parts, total in ((small, small_total), (large, large_total)):
+        assert sum(parts.values()) == total
+        # fp32 weights and their fp32 EMA copy (plus the position-embedding buffers), AdamW's two moments.
+        assert 8 * n_params <= parts["parameters + EMA"] < 8.05 * n_params
+        assert parts["optimiser state"] == 8 * n_params + 4 * n_tensors
+        assert 0 < parts["gradients"] <= 4 * n_params
+    # What the batch changes is the activations, in proportion.
+    assert large["activations"] / small["activations"] == pytest.approx(2.0, rel=0.1)
+    assert large["parameters + EMA"] == small["parameters + EMA"]
