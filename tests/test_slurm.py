@@ -118,10 +118,10 @@ def test_smoke_pipeline_on_slurm_gives_train_a_gpu_and_resumes_a_preempted_run(
     cluster, slurm_python, pipeline_dir, tmp_path
 ):
     # Test-only settings.  (1) The GPU type of the fake devices; the overlay restates the profile's own
-    # set-resources because a workflow profile replaces that key as a whole.  (2) Status checks every
-    # 2 s instead of 8: the smoke jobs take seconds, and the chain of eight rules would otherwise spend
-    # most of its time waiting to be polled.  (3) A first checkpoint at step 10 of 40, so the preempted
-    # run has most of its steps left when the signal lands.
+    # set-resources because a workflow profile replaces that key as a whole.  (2) A first status check
+    # 2 s after a job finishes instead of 8: the smoke jobs take seconds, and each of the chain's eight
+    # levels waits for one.  (3) A first checkpoint at step 10 of 40, so the preempted run has most of
+    # its steps left when the signal lands.
     profile = _profile()
     set_resources = profile.get("set-resources", {})
     for rule in GPU_RULES:
