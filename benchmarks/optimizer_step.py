@@ -14,11 +14,17 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from diffusion_curriculum.models import create_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import sync  # noqa: E402
+
+from diffusion_curriculum.models import create_model  # noqa: E402
 
 VARIANTS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
@@ -44,13 +50,11 @@ def main() -> None:
     optimizers = {name: torch.optim.AdamW(net.parameters(), lr=1e-4, **kw) for name, kw in VARIANTS.items()}
 
     def timed(opt: torch.optim.Optimizer) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         start = time.perf_counter()
         for _ in range(args.steps):
             opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         return (time.perf_counter() - start) / args.steps
 
     for opt in optimizers.values():  # warm-up: state allocation, first-call dispatch

@@ -418,7 +418,7 @@ def test_cfg_extrapolates_in_one_batched_call(scale):
     den.calls.clear()
     guided_x0_fn(den, torch.tensor(2), scale=scale)(x, t)
     assert den.calls[0][1].tolist() == [2] * 8
-    # The former signature, with the null label, still works and gives the same result.
+    # The guided function keeps no state between calls: the same inputs give the same result again.
     torch.testing.assert_close(guided_x0_fn(den, y, scale=scale)(x, t), out)
 
 
