@@ -1,23 +1,64 @@
-"""What every stage CLI shares: argument parsing conventions and turning known errors into one line."""
+"""What every stage CLI shares: argument parsing conventions, the thread budget, and turning known errors
+into one line."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Callable
 
 from .params import ParamsError
 
+# Variables read by the OpenMP / BLAS runtimes when they start: children (torchrun's workers) inherit them.
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
 
 def parser(description: str) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads this job may use (the driver's grant, e.g. Snakemake's {threads}); "
+        "0 (default): the runtimes' own choice, every core",
+    )
     return ap
+
+
+def use_threads(threads: int) -> None:
+    """Hold this process (and the processes it starts) to ``threads`` CPU threads.
+
+    Two jobs that each take every core run about 4x slower than two one-thread jobs on a 2-core machine
+    (BENCHMARKS.md, "Threads per job"), so a job uses exactly what its driver grants it: PyTorch's
+    intra-op pool, the BLAS pools that NumPy / SciPy already loaded, and the environment that children
+    inherit.  Inter-op parallelism stays at one thread: no stage runs independent graph branches.
+    """
+    if threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0: every core), got {threads}")
+    if threads == 0:
+        return
+    for var in _THREAD_VARS:
+        os.environ[var] = str(threads)
+    if "torch" in sys.modules:
+        import torch
+
+        torch.set_num_threads(threads)
+        with contextlib.suppress(RuntimeError):  # already fixed by earlier parallel work in this process
+            torch.set_num_interop_threads(1)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads)
 
 
 def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
     """Run a stage; a bad parameter, path or file ends it with one clear line and exit status 2."""
     try:
+        budget = argparse.ArgumentParser(add_help=False)
+        budget.add_argument("--threads", type=int, default=0)
+        use_threads(budget.parse_known_args(argv)[0].threads)
         main(argv)
     except (ParamsError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -7,8 +7,9 @@ study's outputs (KL curve, convergence table, stitched experts) and the curricul
 * ``summary.md`` and ``summary.parquet``: every method x metric at the final step, mean ± CI over seeds
   and the paired difference to ``report.baseline``; iterations to reach the baseline's final FID;
 * ``metrics.json``: the headline numbers as a DVC metric (``dvc metrics diff`` compares them);
-* ``fid_vs_iterations.png``, ``loss_bins.png``, ``curriculum_timeline.png``, ``kl.png``,
-  ``convergence.png``;
+* ``fid_vs_iterations.png`` (FID and class agreement, with the real-data floor), ``samples.png`` (a
+  grid per method beside real images), ``loss_bins.png``, ``curriculum_timeline.png``, ``kl.png`` (both
+  estimators and the mixture estimator's null), ``convergence.png``;
 * ``findings.md``: what the observational study found here, in sentences computed from the data;
 * ``report.html``: all of it in one self-contained file (no network needed to view it) and
   ``report.md``, the same with the figures linked.
@@ -24,14 +25,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats as scipy_stats
 
 from diffusion_curriculum import report
+from diffusion_curriculum.difficulty import convergence_trend
 from diffusion_curriculum.io import atomic_path, atomic_write_json, atomic_write_text
 
 from . import _cli, params
 
-METRICS = ("fid", "kid", "is_mean", "is_std", "precision", "recall")
+METRICS = ("class_agreement", "fid", "kid", "is_mean", "is_std", "precision", "recall")
+# The metrics drawn against training iterations (those a run lacks are left out).
+CURVE_METRICS = ("fid", "class_agreement")
+FLOOR_NAME = "real data (floor)"
 # Fraction of the timesteps, from the low-noise end, compared with the rest in the KL finding.
 LOW_NOISE_FRACTION = 0.1
 
@@ -74,73 +78,139 @@ def collect_run_tables(train_dir: Path, methods, seeds) -> dict[str, pd.DataFram
 
 def convergence_finding(convergence: pd.DataFrame) -> list[str]:
     """Does a lower-noise interval converge later (the paper's appendix B)?  Spearman's rho between the
-    interval number (1 = lowest noise) and each convergence measure; the claim predicts rho < 0."""
+    interval number (1 = lowest noise) and each convergence measure (the claim predicts rho < 0), only
+    when enough intervals settled (:func:`diffusion_curriculum.difficulty.convergence_trend`)."""
     lines = []
     for column, label in (("oscillation_onset", "oscillation onset"), ("plateau_step", "plateau step")):
-        valid = convergence[["interval", column]].dropna()
-        if len(valid) < 3:
-            lines.append(f"- {label}: only {len(valid)} intervals have a value; no trend can be measured.")
-            continue
-        rho, p = scipy_stats.spearmanr(valid["interval"], valid[column])
-        if math.isnan(rho):
-            verdict = "no trend (constant values)"
-        elif rho < 0 and p < 0.05:
-            verdict = "lower-noise intervals converge later, as the paper reports"
-        elif rho > 0 and p < 0.05:
-            verdict = "lower-noise intervals converge *earlier*, against the paper's finding"
+        trend = convergence_trend(convergence, column)
+        settled = f"{trend.settled} of {trend.intervals} intervals settled"
+        if math.isnan(trend.rho):
+            lines.append(f"- {label}: {settled}: {trend.verdict}.")
         else:
-            verdict = "no significant trend at the 5% level"
+            lines.append(
+                f"- {label}: {settled}; Spearman rho(interval, step) = {trend.rho:+.2f} "
+                f"(p = {trend.p:.2g}): {trend.verdict}."
+            )
+    return lines
+
+
+def _contrast_sentence(name: str, c: report.LowNoiseContrast) -> str:
+    survives = c.difference > 0 and c.p_one_sided < 0.05
+    verdict = "the claim holds here" if survives else "the claim does **not** survive here"
+    return (
+        f"{name}: mean over the {LOW_NOISE_FRACTION:.0%} lowest-noise pairs {c.low_mean:.4g} nats, over the "
+        f"rest {c.rest_mean:.4g} (difference {c.difference:+.3g} ± {c.stderr:.2g}, z = {c.z:.2f}, "
+        f"one-sided p = {c.p_one_sided:.2g}): {verdict}."
+    )
+
+
+def kl_finding(kl: pd.DataFrame, score: pd.DataFrame | None) -> list[str]:
+    """Is D_KL(p_{t-1} || p_t) larger at small t (the paper's Fig. 2)?  Read against the estimator's null
+    (the mixture estimator on data-free Gaussian reference data) and by the score estimator."""
+    values = kl["kl"].to_numpy(dtype=float)
+    lines = [
+        f"- The mixture estimator (eq. 1-2, the paper's): {np.mean(values <= 0):.0%} of its {len(values)} "
+        "estimates are ≤ 0, i.e. below its Monte-Carlo error around a KL near zero."
+    ]
+    if "kl_null" in kl:
+        ordered = kl.sort_values("unit")
+        cut = max(1, int(round(LOW_NOISE_FRACTION * len(ordered))))
+        low = ordered.iloc[:cut]
+        share = low["kl_null"].mean() / low["kl"].mean() if low["kl"].mean() > 0 else float("nan")
         lines.append(
-            f"- {label} ({len(valid)} intervals): Spearman rho(interval, step) = {rho:+.2f} "
-            f"(p = {p:.2g}): {verdict}."
+            f"- Its null, the same estimator with the same D, L, M and draws on an isotropic Gaussian with "
+            f"the data's variance (whose true KL there is {low['kl_null_exact'].mean():.3g} nats), gives "
+            f"{low['kl_null'].mean():.4g} nats over the lowest-noise pairs: {share:.0%} of the data's "
+            f"{low['kl'].mean():.4g} nats there is the estimator's own term, not the data."
+        )
+        effect = kl["kl"] - kl["kl_null"]
+        error = np.hypot(kl["kl_stderr"], kl["kl_null_stderr"])
+        contrast = report.low_noise_contrast(kl["unit"], effect, error, LOW_NOISE_FRACTION)
+        lines.append("- " + _contrast_sentence("Mixture estimate minus its null", contrast))
+    else:
+        contrast = report.low_noise_contrast(kl["unit"], kl["kl"], kl["kl_stderr"], LOW_NOISE_FRACTION)
+        lines.append("- " + _contrast_sentence("Mixture estimate (no null available)", contrast))
+    if score is not None and len(score):
+        valid = score[score["kl_first_order_ok"]] if "kl_first_order_ok" in score else score
+        contrast = report.low_noise_contrast(
+            valid["unit"], valid["kl"], valid["kl_stderr"], LOW_NOISE_FRACTION
+        )
+        lines.append(
+            "- "
+            + _contrast_sentence(
+                f"Score estimator ({len(valid)} of {len(score)} pairs inside its first-order range)", contrast
+            )
         )
     return lines
 
 
-def kl_finding(kl: pd.DataFrame) -> list[str]:
-    """Is D_KL(p_{t-1} || p_t) larger at small t (the paper's Fig. 2)?"""
-    ordered = kl.sort_values("unit")
-    cut = max(1, int(round(LOW_NOISE_FRACTION * len(ordered))))
-    low, rest = ordered["kl"].iloc[:cut], ordered["kl"].iloc[cut:]
-    rho, p = scipy_stats.spearmanr(ordered["unit"], ordered["kl"])
-    ratio = low.mean() / rest.mean() if len(rest) and rest.mean() > 0 else float("inf")
-    verdict = (
-        "the KL is larger at low noise, as the paper reports"
-        if ratio > 1 and rho < 0
-        else "the KL is not larger at low noise here"
-    )
-    return [
-        f"- mean KL over the {LOW_NOISE_FRACTION:.0%} lowest-noise timesteps: {low.mean():.4g} nats; over "
-        f"the rest: {rest.mean():.4g} nats (ratio {ratio:.3g}); Spearman rho(t, KL) = {rho:+.2f} "
-        f"(p = {p:.2g}): {verdict}."
-    ]
-
-
-def stitch_table(metrics_dir: Path, intervals, base_fid: float, convergence: pd.DataFrame) -> pd.DataFrame:
+def stitch_table(
+    metrics_dir: Path, intervals, base: dict[str, float], convergence: pd.DataFrame
+) -> pd.DataFrame:
     rows = []
     bounds = convergence.set_index("interval")
     for i in intervals:
         record = _read_json(metrics_dir / "stitch" / f"expert{i}.json", "stitch_eval")
-        rows.append(
-            {
-                "interval": i,
-                "unit_low": float(bounds.loc[i, "unit_low"]),
-                "unit_high": float(bounds.loc[i, "unit_high"]),
-                "fid": float(record["fid"]),
-                "fid_change_vs_base": float(record["fid"]) - base_fid,
-            }
-        )
+        row = {
+            "interval": i,
+            "unit_low": float(bounds.loc[i, "unit_low"]),
+            "unit_high": float(bounds.loc[i, "unit_high"]),
+        }
+        for metric in ("fid", "class_agreement"):
+            if metric in record and metric in base:
+                row[metric] = float(record[metric])
+                row[f"{metric}_change_vs_base"] = float(record[metric]) - base[metric]
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
-def headline_metrics(summary: pd.DataFrame, reach: pd.DataFrame) -> dict:
-    """``{method: {metric: mean, metric_ci: half-width, ...}}`` for ``dvc metrics diff``."""
-    out: dict[str, dict] = {}
+def read_grid(path: Path, writer: str) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (written by {writer})")
+    with np.load(path) as archive:
+        images = archive["images"]
+        labels = archive["labels"] if "labels" in archive.files else np.full(len(images), -1)
+    if images.dtype != np.uint8:
+        raise ValueError(f"{path}: samples are not decoded images (dtype {images.dtype}); no grid drawn")
+    return images, labels
+
+
+def separation(summary: pd.DataFrame, floor: dict, baseline: str, confidence: float) -> list[str]:
+    """Does each metric tell the baseline's final samples from real data at this sample count?"""
+    lines = []
+    for metric in ("class_agreement", "fid", "kid"):
+        if metric not in floor:
+            continue
+        rows = summary[(summary["method"] == baseline) & (summary["metric"] == metric)]
+        if rows.empty:
+            continue
+        mean, half = float(rows["mean"].iloc[0]), float(rows["ci"].iloc[0])
+        label = report.metric_label(metric)
+        if not math.isfinite(half):
+            lines.append(
+                f"- {label}: {baseline} {mean:.4g} (one seed, no interval), floor {floor[metric]:.4g}."
+            )
+            continue
+        apart = not (mean - half <= floor[metric] <= mean + half)
+        verdict = (
+            "separated from the floor" if apart else "**not** separated from the floor at this sample count"
+        )
+        lines.append(
+            f"- {label}: {baseline} {mean:.4g} ± {half:.2g} ({confidence:.0%} interval over seeds), "
+            f"real data {floor[metric]:.4g}: {verdict}."
+        )
+    return lines
+
+
+def headline_metrics(summary: pd.DataFrame, reach: pd.DataFrame, floor: dict) -> dict:
+    """``{method: {metric: mean, metric_ci: half-width, ...}, "floor": {metric: value}}`` for
+    ``dvc metrics diff``."""
+    out: dict[str, dict] = {"floor": {m: _finite(v) for m, v in floor.items()}}
     for row in summary.itertuples():
         entry = out.setdefault(row.method, {})
         entry[row.metric] = _finite(row.mean)
         entry[f"{row.metric}_ci"] = _finite(row.ci)
-        if row.metric in ("fid", "is_mean"):
+        if row.metric in ("fid", "is_mean", "class_agreement"):
             entry[f"{row.metric}_diff_vs_baseline"] = _finite(row.diff_mean)
     for row in reach.itertuples():
         out.setdefault(row.method, {})["steps_to_baseline_fid"] = _finite(row.step_mean)
@@ -156,9 +226,13 @@ def _finite(value) -> float | None:
 def main(argv: list[str] | None = None) -> None:
     ap = _cli.parser(__doc__)
     ap.add_argument("--train-dir", required=True, help="holds {method}/seed{seed}/ of the train stage")
-    ap.add_argument("--metrics-dir", required=True, help="holds the evaluate and stitch_eval JSONs")
-    ap.add_argument("--features-dir", required=True, help="holds feature_net.json")
+    ap.add_argument(
+        "--metrics-dir", required=True, help="holds the evaluate, evaluate_floor and stitch_eval JSONs"
+    )
+    ap.add_argument("--samples-dir", required=True, help="holds {method}/seed{seed}/step{step}/samples.npz")
+    ap.add_argument("--features-dir", required=True, help="holds feature_net.json and floor.npz")
     ap.add_argument("--kl", required=True, help="kl.parquet written by estimate_kl")
+    ap.add_argument("--kl-score", required=True, help="kl_score.parquet written by estimate_kl_score")
     ap.add_argument("--convergence", required=True, help="convergence.parquet written by convergence")
     ap.add_argument("--curriculum", required=True, help="curriculum.json written by cluster_difficulty")
     ap.add_argument("--out-dir", required=True)
@@ -169,57 +243,77 @@ def main(argv: list[str] | None = None) -> None:
     baseline, confidence = cfg["report"]["baseline"], cfg["report"]["confidence"]
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    features_dir = Path(args.features_dir)
 
     metrics = collect_metrics(Path(args.metrics_dir), methods, seeds, steps)
+    floor_record = _read_json(Path(args.metrics_dir) / "floor.json", "evaluate_floor")
+    floor = {m: float(floor_record[m]) for m in METRICS if m in floor_record}
     runs = collect_run_tables(Path(args.train_dir), methods, seeds)
     kl = _read_parquet(Path(args.kl), "estimate_kl")
+    kl_score = _read_parquet(Path(args.kl_score), "estimate_kl_score")
     convergence = _read_parquet(Path(args.convergence), "convergence")
     curriculum = _read_json(Path(args.curriculum), "cluster_difficulty")
-    feature_net = _read_json(Path(args.features_dir) / "feature_net.json", "feature_net")
+    feature_net = _read_json(features_dir / "feature_net.json", "feature_net")
 
     summary = report.summarize(metrics, baseline=baseline, confidence=confidence)
     reach = report.iterations_to_reach(metrics, baseline=baseline, confidence=confidence)
     with atomic_path(out / "summary.parquet") as tmp:
         summary.to_parquet(tmp, index=False)
-    atomic_write_json(headline_metrics(summary, reach), out / "metrics.json")
+    atomic_write_json(headline_metrics(summary, reach, floor), out / "metrics.json")
 
+    final = max(steps)
+    real = read_grid(features_dir / "floor.npz", "fid_ref")
+    grids = {f"real images (held out, {len(real[0])})": real}
+    for method in methods:
+        path = Path(args.samples_dir) / method / f"seed{seeds[0]}" / f"step{final}" / "samples.npz"
+        grids[f"{method} (seed {seeds[0]}, step {final})"] = read_grid(path, "sample")
     figures = {
         "fid": report.plot_metric_vs_iterations(
-            metrics, out / "fid_vs_iterations.png", "fid", confidence=confidence, baseline=baseline
+            metrics,
+            out / "fid_vs_iterations.png",
+            CURVE_METRICS,
+            confidence=confidence,
+            baseline=baseline,
+            floor=floor,
         ),
+        "samples": report.plot_sample_grids(grids, out / "samples.png"),
         "loss_bins": report.plot_loss_bins(runs["loss_bins"], out / "loss_bins.png"),
         "timeline": report.plot_curriculum_timeline(
             runs["train_log"], runs["transitions"], out / "curriculum_timeline.png"
         ),
-        "kl": report.plot_kl(kl, out / "kl.png"),
+        "kl": report.plot_kl(kl, out / "kl.png", score=kl_score),
         "convergence": report.plot_convergence(convergence, out / "convergence.png"),
     }
 
     base = cfg["experts"]["stitch_base"]
     base_rows = metrics[
-        (metrics["method"] == base["method"])
-        & (metrics["seed"] == base["seed"])
-        & (metrics["step"] == max(steps))
-        & (metrics["metric"] == "fid")
+        (metrics["method"] == base["method"]) & (metrics["seed"] == base["seed"]) & (metrics["step"] == final)
     ]
-    base_fid = float(base_rows["value"].iloc[0])
-    stitched = stitch_table(Path(args.metrics_dir), cfg["experts"]["stitch_intervals"], base_fid, convergence)
+    base_metrics = {r.metric: float(r.value) for r in base_rows.itertuples()}
+    stitched = stitch_table(
+        Path(args.metrics_dir), cfg["experts"]["stitch_intervals"], base_metrics, convergence
+    )
 
     n_seeds = len(seeds)
-    table = report.results_table(summary)
+    table = report.with_reference_row(report.results_table(summary), FLOOR_NAME, floor)
     reach_view = report.reach_table(reach)
     findings = [
+        f"Sample quality against real data (`{baseline}`, step {final}, {int(floor_record['num_samples'])} "
+        "samples per set):",
+        *separation(summary, floor, baseline, confidence),
+        "",
         "Convergence of the per-interval experts (appendix B):",
         *convergence_finding(convergence),
         "",
         "KL divergence between consecutive marginals (appendix C):",
-        *kl_finding(kl),
+        *kl_finding(kl, kl_score),
     ]
     if feature_net.get("trained"):
         findings += [
             "",
             f"Feature space of FID/KID/precision/recall: the domain classifier (held-out accuracy "
-            f"{feature_net['test_accuracy']:.1%} on {feature_net['num_test']} images).",
+            f"{feature_net['test_accuracy']:.1%} on {feature_net['num_test']} images), whose class decisions "
+            "also give the class agreement.",
         ]
     else:
         findings += ["", "Feature space of FID/KID/precision/recall: clean-fid's Inception-v3."]
@@ -230,7 +324,8 @@ def main(argv: list[str] | None = None) -> None:
         "# Comparison at the final step",
         "",
         f"Mean ± {ci} Student-t interval over {n_seeds} seed(s); Δ is the difference to `{baseline}`, "
-        "paired over seeds.",
+        f"paired over seeds.  `{FLOOR_NAME}`: the same metrics on {int(floor_record['num_samples'])} "
+        "held-out real images, what a perfect model would score at this sample count.",
         "",
         report.markdown_table(table, index=True),
         "",
@@ -251,15 +346,25 @@ def main(argv: list[str] | None = None) -> None:
             ],
         }
     )
+    stitch_caption = (
+        f"Expert i denoises inside its interval and {base['method']} (seed {base['seed']}, step {final}: "
+        + ", ".join(
+            f"{report.metric_label(m)} {v:.4g}"
+            for m, v in base_metrics.items()
+            if m in ("fid", "class_agreement")
+        )
+        + ") elsewhere"
+    )
     sections = [
         (
             "Results",
             [
-                f"Final step ({max(steps)} iterations); mean ± {ci} interval over {n_seeds} seed(s); "
-                f"Δ paired over seeds against `{baseline}`.",
+                f"Final step ({final} iterations); mean ± {ci} interval over {n_seeds} seed(s); "
+                f"Δ paired over seeds against `{baseline}`; the last row is held-out real data (the floor).",
                 report.Table(table, index=True),
                 report.Table(reach_view, caption=f"Iterations to reach {baseline}'s final FID", index=True),
                 figures["fid"],
+                report.Image(figures["samples"], caption="Samples at the final step beside real images"),
             ],
         ),
         ("Training dynamics", [figures["loss_bins"], figures["timeline"]]),
@@ -269,13 +374,7 @@ def main(argv: list[str] | None = None) -> None:
                 "\n".join(findings),
                 figures["kl"],
                 figures["convergence"],
-                report.Table(
-                    stitched,
-                    caption=(
-                        f"FID when expert i denoises inside its interval and {base['method']} "
-                        f"(seed {base['seed']}, FID {base_fid:.4g}) elsewhere"
-                    ),
-                ),
+                report.Table(stitched, caption=stitch_caption),
             ],
         ),
         (

@@ -2,7 +2,8 @@
 
 ``curriculum.rule`` picks the boundaries: ``uniform`` (the paper), ``snr`` (equal log-SNR ranges),
 ``edm_quantile`` (quantiles of EDM's log-normal sigma density) or ``difficulty`` (every cluster an equal
-share of the measured difficulty: the KL curve of estimate_kl or the convergence table, the adaptive
+share of the measured difficulty: the KL curve of estimate_kl (``kl.estimator: mixture``) or of
+estimate_kl_score (``score``), or the convergence table, the adaptive
 curriculum the paper leaves to future work).  The file records the boundaries, their easy-to-hard order
 and how they were chosen; the train stage reads it.
 """
@@ -23,23 +24,27 @@ from . import _cli, params
 def main(argv: list[str] | None = None) -> None:
     ap = _cli.parser(__doc__)
     ap.add_argument("--kl", required=True, help="kl.parquet written by estimate_kl")
+    ap.add_argument("--kl-score", required=True, help="kl_score.parquet written by estimate_kl_score")
     ap.add_argument("--convergence", required=True, help="convergence.parquet written by convergence")
     ap.add_argument("--out", required=True, help="curriculum.json to write")
     args = ap.parse_args(argv)
-    cfg = params.sections(args.params, "diffusion", "curriculum")
-    diff, cur = cfg["diffusion"], cfg["curriculum"]
+    cfg = params.sections(args.params, "diffusion", "curriculum", "kl")
+    diff, cur, estimator = cfg["diffusion"], cfg["curriculum"], cfg["kl"]["estimator"]
     schedule = make_schedule(framework=diff["framework"], **diff[diff["framework"]])
 
     uses_signal = cur["rule"] == "difficulty" or cur["order"] == "measured"
     how: dict = {"order": cur["order"]}
     signal, column = None, None
     if uses_signal:
-        source = args.kl if cur["difficulty_signal"] == "kl" else args.convergence
+        kl_table = args.kl_score if estimator == "score" else args.kl
+        source = kl_table if cur["difficulty_signal"] == "kl" else args.convergence
         if not Path(source).is_file():
             raise FileNotFoundError(f"difficulty signal not found: {source}")
         signal = pd.read_parquet(source)
         column = "kl" if cur["difficulty_signal"] == "kl" else cur["convergence_measure"]
         how |= {"signal": cur["difficulty_signal"], "column": column, "source": str(source)}
+        if cur["difficulty_signal"] == "kl":
+            how["kl_estimator"] = estimator
     if cur["rule"] == "edm_quantile":
         edm = diff["edm"]
         how |= {"p_mean": edm["p_mean"], "p_std": edm["p_std"]}

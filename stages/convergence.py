@@ -1,9 +1,10 @@
 """Stage convergence: when each interval's expert converged, by two measures (appendix B).
 
 Reads every expert's ``loss_curve.parquet`` and writes ``convergence.parquet``, one row per interval:
-the paper's measure (the number of loss increases after step ``convergence.start`` and the step where
-the loss starts to oscillate) and a noise-robust one (the first step the moving-median loss stays within
-``convergence.tolerance`` of its final plateau); see :mod:`diffusion_curriculum.difficulty`.
+the paper's measure (the step after ``convergence.start`` where the loss, averaged over
+``convergence.window`` training steps, stops falling and starts to oscillate) and a noise-robust one (the
+first step from which that smoothed loss stays within ``convergence.tolerance`` of its final plateau),
+and whether the loss settled at all; see :mod:`diffusion_curriculum.difficulty`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ def main(argv: list[str] | None = None) -> None:
         curves,
         Intervals.uniform(len(curves)),
         start=conv["start"],
-        min_increases=conv["min_increases"],
         tolerance=conv["tolerance"],
         window=conv["window"],
         final_fraction=conv["final_fraction"],

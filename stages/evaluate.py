@@ -1,7 +1,9 @@
-"""Stage evaluate[method, seed, step]: FID, KID, IS and precision/recall of one sample set.
+"""Stage evaluate[method, seed, step]: FID, KID, IS, precision/recall and class agreement of one sample set.
 
 Writes one small JSON of metrics (a DVC metric) against the cached reference statistics of fid_ref, in
-the same feature space (the extractor's name stored with the reference is checked).
+the same feature space (the extractor's name stored with the reference is checked).  Class agreement
+(the share of samples the domain classifier assigns to the requested class) needs class-conditional samples
+and the domain classifier; otherwise the JSON says why it is missing (``class_agreement_skipped``).
 """
 
 from __future__ import annotations
@@ -17,12 +19,25 @@ from diffusion_curriculum.io import atomic_write_json
 from . import _cli, _features, gpu, params
 
 
-def load_samples(path: str | Path) -> tuple[np.ndarray, dict]:
+def agreement_labels(labels: np.ndarray | None, extractor) -> tuple[np.ndarray | None, str | None]:
+    """The requested classes to score class agreement with, or None and why it is not scored."""
+    classes = getattr(extractor, "num_classes", None)
+    if classes is None:
+        return None, "the feature extractor has no logits over the data set's classes (features.extractor)"
+    if labels is None or (labels < 0).any():
+        return None, "the samples were not drawn for a class (an unconditional or text-conditional model)"
+    if labels.max() >= classes:
+        return None, f"requested class {int(labels.max())} is not one of the classifier's {classes} classes"
+    return labels.astype(np.int64), None
+
+
+def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"samples not found: {path} (written by the sample stage)")
     with np.load(path) as archive:
         images = archive["images"]
+        labels = archive["labels"] if "labels" in archive.files else None
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(
             f"{path}: expected uint8 NHWC images, got {images.dtype} of shape {images.shape} "
@@ -30,7 +45,7 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, dict]:
         )
     settings_file = path.with_name("settings.json")
     settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
-    return images, settings
+    return images, labels, settings
 
 
 def load_reference(path: str | Path, expected_extractor: str) -> dict[str, np.ndarray]:
@@ -56,9 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     features, evaluation = cfg["features"], cfg["evaluate"]
     device = gpu.pick_device(params.resolve_device(features["device"]))
 
-    images, settings = load_samples(args.samples)
+    images, labels, settings = load_samples(args.samples)
     reference = load_reference(args.reference, _features.extractor_name(features))
     extractor = _features.build_extractor(features, args.feature_net, device)
+    requested, no_agreement = agreement_labels(labels, extractor)
     scores = metrics.compute_metrics(
         None,
         images,
@@ -71,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         kid_subsets=evaluation["kid_subsets"],
         kid_subset_size=evaluation["kid_subset_size"],
         seed=evaluation["seed"],
+        requested_labels=requested,
     )
     record = {
         **{name: float(value) for name, value in scores.items()},
@@ -83,8 +100,12 @@ def main(argv: list[str] | None = None) -> None:
         "stitched_interval": (settings.get("expert") or {}).get("index"),
         "extractor": _features.extractor_name(features),
     }
+    if no_agreement:
+        record["class_agreement_skipped"] = no_agreement
     atomic_write_json(record, args.out)
     summary = f"FID {record['fid']:.3f}, IS {record['is_mean']:.3f} ({len(images)} samples)"
+    if "class_agreement" in record:
+        summary += f", class agreement {record['class_agreement']:.3f}"
     print(f"evaluate: {summary} -> {args.out}")
 
 

@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
         "image_size": int(images.shape[-1]),
         "state": {k: v.cpu() for k, v in net.state_dict().items()},
         "data_sha256": data.content_hash(dataset),
+        # Real images the classifier never saw: fid_ref draws the metrics' floor from them.
+        "held_out": report.test_indices,
     }
     _features.save_feature_net(record, out / "feature_net.pt")
     metrics = {

@@ -90,6 +90,11 @@ def check_consistency(params: dict, source: str = "params.yaml") -> None:
         raise ParamsError(
             f"{source}: data.captions_path needs data.max_images: null (captions index the full data set)"
         )
+    if params["kl"]["estimator"] == "score" and params["kl"]["score"]["source"] == "none":
+        raise ParamsError(
+            f"{source}: kl.estimator is 'score', but kl.score.source is 'none': the score estimator needs a "
+            "trained model in the graph (source: experts) or kl.estimator: mixture"
+        )
     baseline = params["report"]["baseline"]
     if baseline not in params["study"]["methods"]:
         raise ParamsError(

@@ -11,8 +11,10 @@ from scipy.stats import norm
 
 from diffusion_curriculum.difficulty import (
     CONVERGENCE_COLUMNS,
+    NOT_CONVERGED,
     cluster_intervals,
     convergence_table,
+    convergence_trend,
     cumulative_difficulty,
     curriculum_document,
     oscillation_onset,
@@ -20,66 +22,114 @@ from diffusion_curriculum.difficulty import (
 )
 from diffusion_curriculum.schedules import make_schedule
 from diffusion_curriculum.timesteps.base import Intervals
+from stages.aggregate import convergence_finding
 
-STEPS = np.arange(0, 1001, 10)
+# A per-step loss curve with a known convergence point: exp decay that stops dead at TURN_STEP, then flat.
+RUN_STEPS, TURN_STEP, DECAY_STEPS = 2000, 800, 200.0
+DEFAULT_WINDOW = RUN_STEPS // 10  # the measures' default: 10% of the step range
+# The first step within 1% of the plateau 1: exp(-k/200) - exp(-4) = 0.01.
+WITHIN_1_PERCENT = DECAY_STEPS * math.log(1 / (0.01 + math.exp(-TURN_STEP / DECAY_STEPS)))  # 712.9
 
 
-def descent_then_alternation(turn: int = 500) -> np.ndarray:
-    """Falls by 0.1 per logged step until ``turn``, then alternates up (+0.1) and down (at 10 - turn/100)."""
-    low = 10 - turn / 100
-    return np.where(turn >= STEPS, 10 - STEPS / 100, low + 0.1 * ((STEPS // 10) % 2))
+def turning_curve() -> np.ndarray:
+    """The loss of training steps 1..RUN_STEPS (index k-1 = step k)."""
+    k = np.arange(1, RUN_STEPS + 1, dtype=np.float64)
+    decay = np.exp(-k / DECAY_STEPS) - math.exp(-TURN_STEP / DECAY_STEPS)
+    return 1.0 + np.where(k <= TURN_STEP, decay, 0.0)
+
+
+def logged(per_step: np.ndarray, log_every: int) -> tuple[np.ndarray, np.ndarray]:
+    """Log rows as training.train_loop writes them: after step s (a multiple of log_every, or the last
+    step) the mean loss of the steps since the previous row."""
+    ends = np.minimum(np.arange(log_every, per_step.size + log_every, log_every), per_step.size)
+    starts = np.concatenate([[0], ends[:-1]])
+    means = [per_step[a:b].mean() for a, b in zip(starts, ends, strict=True)]
+    return ends.astype(np.float64), np.array(means)
+
+
+def minibatch_noise(per_step: np.ndarray, seed: int, relative_std: float = 0.02) -> np.ndarray:
+    """Independent per-step noise proportional to the loss: 2% is a batch of 256 samples whose losses
+    vary by about 30% of their mean."""
+    return per_step * (1 + np.random.default_rng(seed).normal(0.0, relative_std, per_step.size))
 
 
 # ----------------------------------------------------------------------------------------------------
-# Oscillation onset (the paper's measure, appendix B)
+# Both measures on training steps
+
+
+@pytest.mark.parametrize("log_every", [5, 25, 30])
+def test_measures_do_not_depend_on_the_logging_interval(log_every):
+    """The same curve logged every step and every `log_every` steps (30: the last row averages 20) gives
+    the same answers within one logging interval."""
+    per_step = turning_curve()
+    fine = oscillation_onset(*logged(per_step, 1)), plateau_step(*logged(per_step, 1))
+    coarse = oscillation_onset(*logged(per_step, log_every)), plateau_step(*logged(per_step, log_every))
+    assert abs(coarse[0].onset - fine[0].onset) <= log_every
+    assert abs(coarse[1] - fine[1]) <= log_every
+    # Where they land: the smoothed loss stops falling once the window has passed the turn
+    # (TURN_STEP + window/2), and enters the 1% band just after the raw curve does.
+    assert fine[0].onset == pytest.approx(TURN_STEP + DEFAULT_WINDOW / 2, abs=1)
+    assert fine[0].increases == 0  # a flat tail never rises
+    assert WITHIN_1_PERCENT <= fine[1] <= WITHIN_1_PERCENT + 20
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_measures_recover_the_convergence_step_under_minibatch_noise(seed):
+    """With 2% per-step noise the onset is within half a window (100 steps, 5% of the run) of the turn,
+    and the plateau step within 60 steps of the step the clean curve enters the 1% band, however the
+    curve is logged (worst over 40 seeds: 88 and 54 steps)."""
+    noisy = minibatch_noise(turning_curve(), seed)
+    for log_every in (1, 5, 25):
+        steps, losses = logged(noisy, log_every)
+        assert abs(oscillation_onset(steps, losses).onset - TURN_STEP) <= DEFAULT_WINDOW / 2
+        assert abs(plateau_step(steps, losses) - WITHIN_1_PERCENT) <= 60
 
 
 def test_monotone_curve_never_oscillates():
-    osc = oscillation_onset(STEPS, 1.0 / (1.0 + STEPS))
+    steps = np.arange(10, 1001, 10)
+    osc = oscillation_onset(steps, 1.0 / (1.0 + steps))
     assert osc.increases == 0
     assert math.isnan(osc.onset)
 
 
-def test_onset_of_descent_then_alternation():
-    osc = oscillation_onset(STEPS, descent_then_alternation(500))
-    # Rises at 510, 530, ..., 990: 25 of them; the first goes up from step 500.
-    assert osc.increases == 25
-    assert osc.onset == 500.0
-    # The third rise is 540 -> 550.
-    assert oscillation_onset(STEPS, descent_then_alternation(500), min_increases=3).onset == 540.0
-    assert math.isnan(oscillation_onset(STEPS, descent_then_alternation(500), min_increases=26).onset)
-
-
-def test_increases_are_counted_only_after_start():
-    loss = 10 - STEPS / 100
-    bumped = loss.copy()
-    bumped[STEPS == 50] += 1.0  # rises 40 -> 50: before step 100
-    bumped[STEPS == 100] += 1.0  # rises 90 -> 100: starts before step 100
-    assert oscillation_onset(STEPS, bumped).increases == 0
-    bumped[STEPS == 110] += 2.0  # rises 100 -> 110: counted
-    osc = oscillation_onset(STEPS, bumped)
-    assert (osc.increases, osc.onset) == (1, 100.0)
-    assert oscillation_onset(STEPS, bumped, start=0).increases == 3
-
-
-# ----------------------------------------------------------------------------------------------------
-# Plateau step (noise-robust measure)
+def test_onset_of_a_turn_and_the_start_step():
+    """A loss that falls to step 300 and rises after it turns at 300; counted from step 500 on, it is
+    already oscillating at the start.  Rises are counted only from `start`."""
+    k = np.arange(1, 1001, dtype=np.float64)
+    v_shape = 1 + np.abs(k - 300) / 1000
+    osc = oscillation_onset(k, v_shape, start=0, window=10)
+    assert osc.onset == pytest.approx(300, abs=1)
+    assert osc.increases == pytest.approx(700, abs=10)
+    late = oscillation_onset(k, v_shape, start=500, window=10)
+    assert (late.onset, late.increases) == (500.0, 500)
 
 
 def test_plateau_step_of_noisy_exponential_decay():
-    steps = np.arange(0, 20001, 10)
+    steps = np.arange(10, 20001, 10)
     tau, plateau = 1000.0, 1.0
     clean = plateau + np.exp(-steps / tau)
     noisy = clean + np.random.default_rng(0).normal(0.0, 0.003, steps.size)
     analytic = tau * math.log(1.0 / (0.01 * plateau))  # exp(-s/tau) = 1% of the plateau: 4605.2
-    assert plateau_step(steps, clean) == pytest.approx(4610.0)  # first logged step past it
-    assert abs(plateau_step(steps, noisy) - analytic) < 150
+    # A window much shorter than the decay leaves it in place (a window w moves it by ~ w^2 / 24 tau).
+    assert abs(plateau_step(steps, clean, window=200) - analytic) <= 10  # one logging interval
+    assert abs(plateau_step(steps, noisy, window=200) - analytic) < 150
     # A looser tolerance settles earlier: exp(-s/tau) = 5%.
-    assert abs(plateau_step(steps, noisy, tolerance=0.05) - tau * math.log(20)) < 150
+    assert abs(plateau_step(steps, noisy, tolerance=0.05, window=200) - tau * math.log(20)) < 150
 
 
 def test_plateau_step_is_nan_when_the_curve_never_settles():
-    assert math.isnan(plateau_step(STEPS, 2.0 - STEPS / 1000))  # still falling steeply at the end
+    steps = np.arange(10, 1001, 10)
+    assert math.isnan(plateau_step(steps, 2.0 - steps / 1000))  # still falling steeply at the end
+
+
+def test_window_is_in_steps_and_must_cover_one():
+    steps, losses = logged(turning_curve(), 5)
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        plateau_step(steps, losses, window=0)
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        oscillation_onset(steps, losses, window=0.5)
+    with pytest.raises(ValueError, match="final_fraction"):
+        plateau_step(steps, losses, final_fraction=0)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -88,7 +138,7 @@ def test_plateau_step_is_nan_when_the_curve_never_settles():
 
 def expert_curves(n: int) -> dict[int, pd.DataFrame]:
     """Expert i converges more slowly for lower i (lower noise), as the paper reports."""
-    steps = np.arange(0, 5001, 10)
+    steps = np.arange(10, 5001, 10)
     return {
         i: pd.DataFrame({"step": steps, "loss": 1 + 0.1 * i + np.exp(-steps * i / 500)})
         for i in range(1, n + 1)
@@ -98,23 +148,31 @@ def expert_curves(n: int) -> dict[int, pd.DataFrame]:
 def test_convergence_table_columns_and_values():
     intervals = Intervals.uniform(4)
     curves = expert_curves(4)
-    table = convergence_table(curves, intervals)
+    table = convergence_table(curves, intervals, window=50)
     assert list(table.columns) == list(CONVERGENCE_COLUMNS)
     assert table["interval"].tolist() == [1, 2, 3, 4]
     assert table["unit_low"].tolist() == [0.0, 0.25, 0.5, 0.75]
     assert table["unit_high"].tolist() == [0.25, 0.5, 0.75, 1.0]
-    assert (table["increases_after_start"] == 0).all()
-    assert table["oscillation_onset"].isna().all()
+    for i, curve in curves.items():
+        osc = oscillation_onset(curve["step"], curve["loss"], window=50)
+        row = table.iloc[i - 1]
+        assert row["increases_after_start"] == osc.increases
+        assert row["oscillation_onset"] == pytest.approx(osc.onset, nan_ok=True)
     # Lower-noise experts (smaller i) reach their plateau later.
     assert table["plateau_step"].is_monotonic_decreasing
-    assert table["plateau_step"].iloc[-1] < table["plateau_step"].iloc[0]
-    # exp(-s i / 500) = 1% of the plateau 1 + 0.1 i at s = 500 / i * ln(100 / (1 + 0.1 i)), next logged step.
-    expected = [10 * math.ceil(50 / i * math.log(100 / (1 + 0.1 * i))) for i in range(1, 5)]
-    assert table["plateau_step"].tolist() == expected
+    # exp(-s i / 500) = 1% of the plateau 1 + 0.1 i at s = 500 / i * ln(100 / (1 + 0.1 i)).
+    expected = [500 / i * math.log(100 / (1 + 0.1 * i)) for i in range(1, 5)]
+    assert table["plateau_step"].to_numpy() == pytest.approx(expected, abs=10)
+    assert table["settled"].tolist() == [True] * 4
     assert table["final_loss"].to_numpy() == pytest.approx([1.1, 1.2, 1.3, 1.4], abs=2e-4)
     # The long form gives the same table.
     long = pd.concat([c.assign(interval=i) for i, c in curves.items()], ignore_index=True)
-    pd.testing.assert_frame_equal(convergence_table(long, intervals), table)
+    pd.testing.assert_frame_equal(convergence_table(long, intervals, window=50), table)
+    # A curve still falling at the end has not settled.
+    curves[2] = curves[2].assign(loss=3.0 - curves[2]["step"] / 5000)
+    unsettled = convergence_table(curves, intervals, window=50)
+    assert unsettled["settled"].tolist() == [True, False, True, True]
+    assert math.isnan(unsettled["plateau_step"].iloc[1])
 
 
 @pytest.mark.parametrize(
@@ -144,6 +202,62 @@ def test_convergence_table_needs_every_interval():
         convergence_table(curves, Intervals.uniform(4))
     with pytest.raises(ValueError, match="'interval'"):
         convergence_table(pd.DataFrame({"step": [0], "loss": [1.0]}), Intervals.uniform(1))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The trend verdict (the paper: lower-noise intervals converge later)
+
+
+def measured(steps) -> pd.DataFrame:
+    return pd.DataFrame({"interval": range(1, len(steps) + 1), "plateau_step": steps})
+
+
+def test_trend_of_intervals_that_converge_later_at_low_noise():
+    trend = convergence_trend(measured(np.linspace(2000, 500, 20)), "plateau_step")
+    assert (trend.intervals, trend.settled) == (20, 20)
+    assert trend.rho == pytest.approx(-1.0)
+    assert trend.p < 0.05
+    assert trend.verdict == "lower-noise intervals converge later, as the paper reports"
+    against = convergence_trend(measured(np.linspace(500, 2000, 20)), "plateau_step")
+    assert against.rho == pytest.approx(1.0)
+    assert "against the paper" in against.verdict
+    flat = convergence_trend(measured([700.0] * 20), "plateau_step")
+    assert flat.verdict == "no trend (constant values)"
+    assert math.isnan(flat.rho)
+    noise = convergence_trend(measured(np.random.default_rng(1).permutation(20) * 10.0), "plateau_step")
+    assert noise.p >= 0.05
+    assert noise.verdict == "no significant trend at the 5% level"
+
+
+def test_trend_needs_enough_intervals_settled():
+    steps = np.linspace(2000, 500, 20)
+    steps[:16] = np.nan  # 4 of 20 settled, as in the default run
+    trend = convergence_trend(measured(steps), "plateau_step")
+    assert (trend.intervals, trend.settled) == (20, 4)
+    assert trend.verdict == NOT_CONVERGED == "not converged at this budget"
+    assert math.isnan(trend.rho) and math.isnan(trend.p)
+    # 15 of 20 is the default threshold of 75%: a trend is measured on those 15.
+    steps = np.linspace(2000, 500, 20)
+    steps[:5] = np.nan
+    trend = convergence_trend(measured(steps), "plateau_step")
+    assert trend.settled == 15 and trend.rho == pytest.approx(-1.0)
+    stricter = convergence_trend(measured(steps), "plateau_step", min_settled_fraction=0.8)
+    assert stricter.verdict == NOT_CONVERGED
+    with pytest.raises(ValueError, match="column 'oscillation_onset'"):
+        convergence_trend(measured(steps), "oscillation_onset")
+
+
+def test_convergence_finding_says_how_many_intervals_settled():
+    onset = np.linspace(1500, 400, 20)
+    plateau = np.full(20, np.nan)
+    plateau[-4:] = [900.0, 800.0, 700.0, 600.0]
+    lines = convergence_finding(
+        pd.DataFrame({"interval": range(1, 21), "oscillation_onset": onset, "plateau_step": plateau})
+    )
+    assert len(lines) == 2
+    assert "oscillation onset: 20 of 20 intervals settled" in lines[0]
+    assert "as the paper reports" in lines[0]
+    assert lines[1] == "- plateau step: 4 of 20 intervals settled: not converged at this budget."
 
 
 # ----------------------------------------------------------------------------------------------------

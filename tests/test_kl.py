@@ -20,13 +20,13 @@ import pandas as pd
 import pytest
 import torch
 
-from diffusion_curriculum.kl import default_timesteps, estimate_kl
+from diffusion_curriculum.kl import default_timesteps, estimate_kl, gaussian_kl, gaussian_reference
 from diffusion_curriculum.schedules import make_schedule
 
 COLUMNS = ["t", "t_prev", "unit", "kl", "kl_stderr"]
 
 
-def gaussian_kl(mu: torch.Tensor, sd: torch.Tensor, schedule, timesteps) -> np.ndarray:
+def gaussian_kl_ref(mu: torch.Tensor, sd: torch.Tensor, schedule, timesteps) -> np.ndarray:
     """Exact D_KL(p_{t_prev} || p_t) for y ~ N(mu, diag(sd^2)), per consecutive pair of ``timesteps``."""
     alpha, sigma = schedule.alpha_sigma(torch.as_tensor(timesteps))
     mean = alpha[:, None] * mu
@@ -97,7 +97,7 @@ def test_gaussian_data_matches_closed_form():
     ts = [100, 200, 400]
     data = moment_matched_gaussian(2000, mu, sd, seed=0)
     df = estimate_kl(data, schedule, ts, 16_000, generator=gen(7))
-    exact = gaussian_kl(mu, sd, schedule, ts)
+    exact = gaussian_kl_ref(mu, sd, schedule, ts)
     assert list(df.columns) == COLUMNS
     assert df.t.tolist() == [200, 400] and df.t_prev.tolist() == [100, 200]
     np.testing.assert_allclose(df.unit, [0.2, 0.4])
@@ -118,7 +118,7 @@ def test_gaussian_data_matches_closed_form_edm():
     ts = [0.5, 1.0]
     data = moment_matched_gaussian(1000, mu, sd, seed=0)
     df = estimate_kl(data, schedule, ts, 8000, generator=gen(3))
-    exact = gaussian_kl(mu, sd, schedule, ts)
+    exact = gaussian_kl_ref(mu, sd, schedule, ts)
     rel = (df.kl.to_numpy() - exact) / exact
     assert np.all(np.abs(rel) < 0.05), (rel, exact, df)
 
@@ -144,7 +144,7 @@ def test_error_shrinks_with_number_of_data_samples():
     mu = torch.tensor([0.6, -0.4], dtype=torch.float64)
     sd = torch.tensor([0.15, 0.5], dtype=torch.float64)
     ts = [10, 20, 40, 80, 160]
-    exact = gaussian_kl(mu, sd, schedule, ts)
+    exact = gaussian_kl_ref(mu, sd, schedule, ts)
     sizes = [100, 1000, 8000]
     rows = {}
     for num_data in sizes:
@@ -302,3 +302,40 @@ def test_bad_input_names_the_argument():
         estimate_kl(data, make_schedule("flow"), [0.0, 0.5], 4)
     with pytest.raises(ValueError, match="num_points"):
         default_timesteps(make_schedule("edm"), num_points=1)
+
+
+def test_closed_form_gaussian_kl_matches_the_reference_formula():
+    schedule = make_schedule("vp")
+    mu, sd = torch.linspace(-0.5, 0.5, 16, dtype=torch.float64), torch.full((16,), 0.4, dtype=torch.float64)
+    ts = [0, 1, 10, 11, 500, 501]
+    np.testing.assert_allclose(
+        gaussian_kl(mu, sd**2, schedule, ts).numpy(), gaussian_kl_ref(mu, sd, schedule, ts)
+    )
+    # One variance for every dimension broadcasts like the per-dimension form.
+    np.testing.assert_allclose(
+        gaussian_kl(mu, torch.tensor(0.16), schedule, ts), gaussian_kl(mu, sd**2, schedule, ts)
+    )
+
+
+def test_null_of_the_mixture_estimator_is_its_own_component_term():
+    """The estimator's null: on data-free Gaussian reference data of the same D, L and M it reports, at VP
+    t = 1, the own-component KL D/2 (r - 1 - log r) + ... (~0.12 D nats), although the reference's true KL
+    there is ~1e-3 of that; at large t (sigma far above the nearest-neighbour spacing) both agree."""
+    schedule = make_schedule("vp")
+    data = torch.rand(200, 256, generator=gen(5), dtype=torch.float64) * 2 - 1
+    reference = gaussian_reference(data, gen(6))
+    assert reference.shape == data.shape
+    assert abs(reference.var(0).mean().item() - data.var(0).mean().item()) < 0.02
+    torch.testing.assert_close(reference.mean(0), data.mean(0), atol=0.25, rtol=0)
+    ts = [0, 1, 990, 991]
+    null = estimate_kl(reference, schedule, ts, 200, generator=gen(7))
+    exact = gaussian_kl(reference.mean(0), reference.var(0).mean(), schedule, ts).numpy()
+    alpha, sigma = schedule.alpha_sigma(torch.tensor([0, 1]))
+    r = (sigma[0] ** 2 / sigma[1] ** 2).item()
+    norms = reference.square().sum(1).mean().item()
+    own = 256 / 2 * (r - 1 - math.log(r)) + (alpha[0] - alpha[1]).item() ** 2 * norms / (
+        2 * sigma[1].item() ** 2
+    )
+    assert abs(null.kl[0] - own) < 4 * null.kl_stderr[0], (null, own)
+    assert exact[0] < 1e-3 * null.kl[0]
+    assert abs(null.kl[2] - exact[2]) < 4 * null.kl_stderr[2] + 0.05 * exact[2], (null, exact)

@@ -197,3 +197,22 @@ def test_domain_features_as_cleanfid_custom_extractor(digits, tmp_path):
     same = fid.compute_fid(str(tmp_path / "a"), str(tmp_path / "b"), **kw)
     inverted = fid.compute_fid(str(tmp_path / "a"), str(tmp_path / "noise"), **kw)
     assert abs(same) < 1e-6 and inverted > 1.0
+
+
+def test_evaluate_says_why_class_agreement_is_missing():
+    """Unconditional samples, or an extractor without the data set's class logits, get no class agreement
+    and a reason; class-conditional samples scored by the domain classifier get their labels through."""
+    from stages.evaluate import agreement_labels
+
+    class Domain:
+        num_classes = 10
+
+    labels = np.array([0, 3, 9])
+    got, why = agreement_labels(labels, Domain())
+    assert why is None and got.tolist() == [0, 3, 9]
+    got, why = agreement_labels(np.full(3, -1), Domain())
+    assert got is None and "not drawn for a class" in why
+    got, why = agreement_labels(labels, object())  # e.g. Inception: ImageNet logits, not the data's classes
+    assert got is None and "features.extractor" in why
+    got, why = agreement_labels(np.array([0, 12]), Domain())
+    assert got is None and "class 12" in why

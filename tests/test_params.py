@@ -85,6 +85,16 @@ def test_keys_that_must_agree_are_named(good, path, value, named):
         params.validate(_with(good, path, value))
 
 
+def test_score_estimator_without_a_trained_model_is_a_params_error(good):
+    no_model = _with(good, ("kl", "score", "source"), "none")
+    params.validate(no_model)  # the mixture estimator needs no model
+    with pytest.raises(
+        params.ParamsError, match=r"kl\.estimator is 'score', but kl\.score\.source is 'none'"
+    ):
+        params.validate(_with(no_model, ("kl", "estimator"), "score"))
+    params.validate(_with(good, ("kl", "estimator"), "score"))
+
+
 def test_sections_returns_only_the_named_ones():
     got = params.sections(REPO / "params.yaml", "sample")
     assert list(got) == ["sample"]

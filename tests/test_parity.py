@@ -20,10 +20,12 @@ pytestmark = pytest.mark.e2e
 # Stages that read one file of every job of a matrix stage; dvc.yaml names the folder that holds them.
 FOLDER_DEPS_ALLOWED = {"convergence", "aggregate"}
 LOG_REDIRECT = re.compile(r"\s*>\s*\S+\s+2>&1\s*$")
+# Snakemake grants each job its threads; DVC runs one stage at a time, which then uses every core.
+THREAD_GRANT = re.compile(r"\s--threads\s+\d+")
 
 
 def _normalise(cmd: str) -> str:
-    return " ".join(shlex.split(LOG_REDIRECT.sub("", cmd)))
+    return " ".join(shlex.split(THREAD_GRANT.sub("", LOG_REDIRECT.sub("", cmd))))
 
 
 def snakemake_jobs(root: Path, *extra: str) -> dict[str, dict]:

@@ -5,11 +5,13 @@ Paper: "Denoising Task Difficulty-based Curriculum for Training Diffusion Models
 appendix B (experts M_i trained only on the timesteps of interval C_i, and the iteration at which their
 loss starts to oscillate) and appendix C (the KL divergence D_KL(p_{t-1} || p_t) across t).
 
-**(A) Convergence.**  Each expert's loss curve is a table with columns ``step`` and ``loss`` (one row per
-logged step).  :func:`oscillation_onset` is the paper's measure (the loss increases counted after step
-100); :func:`plateau_step` is a noise-robust alternative (the step from which a moving median of the
-loss stays within a relative tolerance of its final plateau).  :func:`convergence_table` applies both
-to all N experts.
+**(A) Convergence.**  Each expert's loss curve is a table with columns ``step`` and ``loss``: one row per
+logged step, the mean loss over the steps since the previous row.  Both measures work on training steps
+(a row counts for the steps it averages, and smoothing windows are in steps), so they do not depend on
+the logging interval.  :func:`oscillation_onset` is the paper's measure (where the smoothed loss stops
+falling after step 100); :func:`plateau_step` is a noise-robust alternative (the step from which the
+smoothed loss stays within a relative tolerance of its final plateau).  :func:`convergence_table`
+applies both to all N experts; :func:`convergence_trend` tests the paper's ordering on the result.
 
 **(B) Clustering.**  :func:`cluster_intervals` turns a rule into :class:`~.timesteps.base.Intervals`
 (cells of the schedule's unit interval u, C_1 = lowest noise):
@@ -34,6 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.special import ndtri
+from scipy.stats import spearmanr
 
 from .schedules import EDMSchedule, FlowSchedule, NoiseSchedule
 from .timesteps.base import BELOW_ONE, Intervals
@@ -46,6 +49,8 @@ __all__ = [
     "oscillation_onset",
     "plateau_step",
     "convergence_table",
+    "ConvergenceTrend",
+    "convergence_trend",
     "cumulative_difficulty",
     "cluster_intervals",
     "curriculum_document",
@@ -61,11 +66,17 @@ CONVERGENCE_COLUMNS = (
     "oscillation_onset",
     "plateau_step",
     "final_loss",
+    "settled",
 )
 
 
 # ----------------------------------------------------------------------------------------------------
 # (A) Convergence points of loss curves.
+
+# Default smoothing window, as a fraction of the curve's step range (see :func:`plateau_step`).
+DEFAULT_WINDOW_FRACTION = 0.1
+# A fall of the smoothed loss smaller than this many standard errors is noise (:func:`oscillation_onset`).
+ONSET_MARGIN_SE = 2.0
 
 
 def _curve_arrays(steps, losses, where: str = "") -> tuple[np.ndarray, np.ndarray]:
@@ -93,108 +104,192 @@ def _curve_arrays(steps, losses, where: str = "") -> tuple[np.ndarray, np.ndarra
     return steps, losses
 
 
+class _StepCurve(NamedTuple):
+    """A logged loss curve as a piecewise-constant function of the training step.
+
+    Row j of the log is the mean loss over the steps (bounds[j], bounds[j + 1]]; ``integral[j]`` is the
+    loss summed over the steps up to ``bounds[j]``, so the mean over any span (a, b] is
+    (I(b) - I(a)) / (b - a) with I linear between bounds (exact, because the loss is constant there).
+    """
+
+    bounds: np.ndarray
+    integral: np.ndarray
+
+    @classmethod
+    def of(cls, steps: np.ndarray, losses: np.ndarray) -> _StepCurve:
+        # Training writes the row labelled s after step s, averaging the steps since the previous row
+        # (training.train_loop), so row j covers (s_{j-1}, s_j].  The first row covers as many steps as
+        # the gap to the second (training's first row, at step log_every, covers steps 1..log_every), but
+        # never reaches back past step 0 unless it is labelled 0 or less itself.
+        first_width = steps[1] - steps[0] if steps.size > 1 else max(steps[0], 1.0)
+        if steps[0] > 0:
+            first_width = min(first_width, steps[0])
+        bounds = np.concatenate([[steps[0] - first_width], steps])
+        integral = np.concatenate([[0.0], np.cumsum(losses * np.diff(bounds))])
+        return cls(bounds, integral)
+
+    @property
+    def span(self) -> float:
+        return float(self.bounds[-1] - self.bounds[0])
+
+    def mean(self, low, high) -> np.ndarray:
+        """The mean loss over the steps (low, high], clipped to the curve (low < high after clipping)."""
+        low = np.clip(low, self.bounds[0], self.bounds[-1])
+        high = np.clip(high, self.bounds[0], self.bounds[-1])
+        summed = np.interp(high, self.bounds, self.integral) - np.interp(low, self.bounds, self.integral)
+        return summed / (high - low)
+
+    def tail_mean(self, final_fraction: float) -> float:
+        """The mean loss over the last ``final_fraction`` of the step range: the final plateau."""
+        if not 0 < final_fraction <= 1:
+            raise ValueError(f"final_fraction must be in (0, 1], got {final_fraction!r}")
+        end = self.bounds[-1]
+        return float(self.mean(end - final_fraction * self.span, end))
+
+    def window_steps(self, window: float | None) -> float:
+        """The smoothing window in training steps: ``window``, or 10% of the step range for None."""
+        if window is None:
+            return max(1.0, float(round(DEFAULT_WINDOW_FRACTION * self.span)))
+        if not window >= 1:
+            raise ValueError(f"window must be >= 1 training step, got {window!r}")
+        return float(window)
+
+    def step_noise(self) -> float:
+        """A robust estimate of the standard deviation of one step's loss about the trend.
+
+        For rows that average n_{j-1}, n_j, n_{j+1} steps, the second difference
+        L_{j+1} - 2 L_j + L_{j-1} is noise of variance sigma^2 (1/n_{j-1} + 4/n_j + 1/n_{j+1}) plus the
+        curvature of the trend (a straight trend cancels); the MAD of the scaled differences ignores the
+        curved stretches while most rows are noise-dominated, and is 0 for a noiseless flat tail.
+        """
+        widths = np.diff(self.bounds)
+        if widths.size < 3:
+            return 0.0
+        means = np.diff(self.integral) / widths
+        variance_factor = 1 / widths[:-2] + 4 / widths[1:-1] + 1 / widths[2:]
+        scaled = np.abs(np.diff(means, 2)) / np.sqrt(variance_factor)
+        return 1.4826 * float(np.median(scaled))  # MAD -> standard deviation for Gaussian noise
+
+    def smoothed(self, window: float) -> tuple[np.ndarray, np.ndarray]:
+        """Every training step k of the curve and the mean loss over the ``window`` steps centred on it.
+
+        Step k is the span (k-1, k]; its window (k - 1/2 - window/2, k - 1/2 + window/2] (steps
+        k - (window-1)/2 .. k + (window-1)/2 for an odd window) shrinks at the ends of the curve.
+        """
+        steps = np.arange(math.floor(self.bounds[0]) + 1, math.floor(self.bounds[-1]) + 1, dtype=np.float64)
+        if steps.size == 0:
+            raise ValueError(f"the loss curve spans {self.span:g} steps: less than one training step")
+        centre = steps - 0.5
+        return steps, self.mean(centre - window / 2, centre + window / 2)
+
+
+def _ties(values: np.ndarray) -> float:
+    # Differences of the cumulative sum carry rounding errors; a flat stretch must still compare equal.
+    return 1e-9 * float(np.abs(values).max())
+
+
 class Oscillation(NamedTuple):
-    """Result of :func:`oscillation_onset`: ``onset`` (a step, NaN when the loss never rose often enough)
-    and ``increases`` (the paper's raw count of loss increases after ``start``)."""
+    """Result of :func:`oscillation_onset`: ``onset`` (a training step, NaN when the smoothed loss never
+    stopped falling) and ``increases`` (the number of steps after ``start`` at which it rose)."""
 
     onset: float
     increases: int
 
 
-def oscillation_onset(steps, losses, start: float = 100, min_increases: int = 1) -> Oscillation:
+def oscillation_onset(steps, losses, start: float = 100, window: float | None = None) -> Oscillation:
     """The paper's convergence point: the step at which the loss starts to oscillate (appendix B).
 
     The paper (arXiv 2403.10348, appendix B): *"we additionally plotted the iterations of each timestep
     interval when their loss values start to oscillate. We measured this by counting the number of
-    times the loss value increased after the step reached 100."*  With logged steps s_0 < s_1 < ... and
-    losses L_j, an **increase** is a pair of consecutive logged points with
+    times the loss value increased after the step reached 100."*  It plots an *iteration*, so the count
+    is read as a counter running along the curve: the loss starts to oscillate where it stops falling
+    and goes up and down instead.  Counted between log rows, that point depends on the logging interval
+    (a row is a mean over ``log_every`` steps), and on raw mini-batch losses it comes within a few
+    steps of ``start``.  Here it is taken on training steps, at the resolution of ``window`` steps:
 
-        L_j > L_{j-1}   and   s_{j-1} >= start,
+        m_k    = the mean loss over the ``window`` training steps centred on step k (each log row
+                 counting for the steps it averages, as in :func:`plateau_step`),
+        margin = 2 standard errors of the difference of two disjoint window means
+               = 2 sqrt(2 / window) sigma, sigma = the per-step noise (robust estimate from the rows),
+        onset  = min{ k >= start : m_k <= m_j + margin  for every step j in (k, k + window] },
 
-    i.e. both points lie after the step reached ``start`` (strictly greater: a flat stretch is not an
-    increase).  ``increases`` is their number (the paper's raw count).  The text plots an *iteration*,
-    not the count, so the count has to be read as a counter running along the curve; the most faithful
-    reading is that the loss "starts to oscillate" where that counter first ticks, i.e. where the loss
-    stops falling monotonically.  Hence
+    the first step from ``start`` after which the smoothed loss does not fall measurably within the
+    next window: its first local minimum at the window's scale, up to noise.  Wiggles faster than the
+    window, or smaller than the noise of a window's mean, do not count as "still falling", so the onset
+    is where the fall over one window becomes indistinguishable from the noise (earlier for noisier
+    curves: the end of a slow descent cannot be resolved under noise).  On a noiseless curve
+    (margin 0) a fall that stops dead at step K is found at K + window/2 if the loss then stays flat
+    (the window still holds part of the descent until then), at about K if it rises again as fast as it
+    fell.  onset = ``start`` means the loss was already oscillating there; NaN means it is still falling
+    at the last step with a full window ahead (``end - window``).
 
-        onset = s_{j*-1},   j* = the j of the ``min_increases``-th increase (default: the first),
-
-    the last logged step before the loss went up: for ``min_increases = 1`` the loss has fallen
-    monotonically from ``start`` to ``onset``, so ``onset`` is the minimum the descent reached -- the
-    "converged point" of the paper's Fig. A.  A curve that decreases until step 500 and then alternates
-    up and down has onset 500.  ``min_increases > 1`` ignores the first few rises (a less noise-prone
-    variant; not the paper's).  onset is NaN when fewer than ``min_increases`` increases occur.
-
-    The count is taken on the values as logged: when a log row is already a mean over a logging window
-    (as in this project's training logs), that averaging is the only smoothing.  For raw per-iteration
-    losses the first rise comes within a few steps of ``start`` (mini-batch noise); use
-    :func:`plateau_step` for a noise-robust measure.
+    ``increases`` is the paper's count on the same smoothed curve: the number of training steps
+    k >= ``start`` with m_{k+1} > m_k.  ``window``: in training steps; None = 10% of the step range
+    (see :func:`plateau_step`).
     """
     steps, losses = _curve_arrays(steps, losses)
-    if int(min_increases) != min_increases or min_increases < 1:
-        raise ValueError(f"min_increases must be an integer >= 1, got {min_increases!r}")
-    after_start = steps[:-1] >= start
-    rises = (losses[1:] > losses[:-1]) & after_start
-    count = int(rises.sum())
-    if count < min_increases:
-        return Oscillation(onset=math.nan, increases=count)
-    j_prev = int(np.flatnonzero(rises)[int(min_increases) - 1])  # index of s_{j*-1}
-    return Oscillation(onset=float(steps[j_prev]), increases=count)
-
-
-def _default_window(n: int) -> int:
-    # ~5% of the curve: long enough that the median's noise is well below a 1% tolerance for typical
-    # curves, short enough that it follows the decay; odd so that the window is centred on a point.
-    w = max(1, round(0.05 * n))
-    return w if w % 2 else w + 1
-
-
-def _tail_mask(steps: np.ndarray, final_fraction: float) -> np.ndarray:
-    if not 0 < final_fraction <= 1:
-        raise ValueError(f"final_fraction must be in (0, 1], got {final_fraction!r}")
-    cut = steps[-1] - final_fraction * (steps[-1] - steps[0])
-    return steps >= cut  # by step, not by row, so that irregular logging does not shift the plateau
+    curve = _StepCurve.of(steps, losses)
+    width = curve.window_steps(window)
+    grid, smooth = curve.smoothed(width)
+    ties = _ties(smooth)
+    increases = int(((np.diff(smooth) > ties) & (grid[:-1] >= start)).sum())
+    ahead = math.ceil(width)
+    candidates = grid.size - ahead  # steps with `ahead` steps after them
+    if candidates <= 0:
+        return Oscillation(onset=math.nan, increases=increases)
+    # lowest_from[i] = min(smooth[i : i + ahead]); the look-ahead of step i starts at i + 1.
+    lowest_from = pd.Series(smooth[::-1]).rolling(ahead).min().to_numpy()[::-1]
+    margin = ONSET_MARGIN_SE * math.sqrt(2 / width) * curve.step_noise()
+    ahead_low = lowest_from[1 : candidates + 1]
+    turned = (smooth[:candidates] <= ahead_low + margin + ties) & (grid[:candidates] >= start)
+    if not turned.any():
+        return Oscillation(onset=math.nan, increases=increases)
+    return Oscillation(onset=float(grid[int(np.argmax(turned))]), increases=increases)
 
 
 def plateau_step(
     steps,
     losses,
     tolerance: float = 0.01,
-    window: int | None = None,
+    window: float | None = None,
     final_fraction: float = 0.1,
     atol: float = 0.0,
 ) -> float:
-    """A noise-robust convergence point: the first logged step from which the smoothed loss stays within
-    ``tolerance`` (relative) of its final plateau.
+    """A noise-robust convergence point: the first training step from which the smoothed loss stays
+    within ``tolerance`` (relative) of its final plateau.
 
-        plateau = mean of the raw losses over the last ``final_fraction`` of the step range,
-        m_j     = centred moving median of the losses over ``window`` logged points,
-        plateau_step = min{ s_i : |m_j - plateau| <= tolerance * |plateau| + atol  for all j >= i }.
+        plateau = the mean loss over the last ``final_fraction`` of the step range,
+        m_k     = the mean loss over the ``window`` training steps centred on step k,
+        plateau_step = min{ k : |m_j - plateau| <= tolerance * |plateau| + atol  for all steps j >= k }.
 
-    Smoothing: a *centred moving median* rather than an EMA.  An EMA is causal and lags the curve by
-    about its time constant, which moves every convergence point later by an amount that depends on the
-    smoothing, not on the data; a centred median has no lag, returns a monotone curve unchanged (away
-    from the ends), and ignores isolated loss spikes that would drag a mean.  ``window`` is in logged
-    points (default: ~5% of the curve, odd); windows shrink at the ends of the curve.  The plateau is
-    the plain mean of the raw tail (its best estimate when the tail is flat; make ``final_fraction``
-    cover only the flat part).  NaN when even the smoothed last point is outside the band (the curve has
-    not settled within the run).  For a plateau at 0 the relative band is empty: pass ``atol``.
+    Steps, not log rows: a log row that averages ``log_every`` steps counts for each of those steps
+    (the curve is piecewise constant between rows), so every mean above is over training steps and the
+    result moves by at most about one logging interval when ``log_every`` changes.  The smoothing is a
+    centred moving mean: centred, so it has no lag (an EMA moves every convergence point later by its
+    time constant); a mean, because log rows are already means over their steps, so smoothing rows
+    and smoothing the raw per-step losses give the same curve up to the rows cut by a window's ends.
+    Windows shrink at the ends of the curve.
+
+    ``window`` is in training steps; None = 10% of the step range, the length over which a convergence
+    step is worth resolving, and of the plateau estimate itself for the default ``final_fraction``, so
+    that the smoothed loss near the end is about as noisy as the plateau it is compared with.  A window
+    w moves an exponential decay with time constant tau later by about w^2 / (24 tau).  With per-step
+    noise sigma the smoothed loss wanders by about sigma / sqrt(w): a band much narrower than a few of
+    those is left now and then however long the run, and the step comes late or not at all.  NaN when
+    even the last step is outside the band (the curve has not settled within the run).  For a plateau
+    at 0 the relative band is empty: pass ``atol``.
     """
     steps, losses = _curve_arrays(steps, losses)
     if not tolerance >= 0 or not atol >= 0:
         raise ValueError(f"tolerance and atol must be >= 0, got {tolerance!r}, {atol!r}")
-    n = steps.size
-    window = _default_window(n) if window is None else int(window)
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
-    plateau = float(losses[_tail_mask(steps, final_fraction)].mean())
-    smooth = pd.Series(losses).rolling(window, center=True, min_periods=1).median().to_numpy()
-    inside = np.abs(smooth - plateau) <= tolerance * abs(plateau) + atol
-    outside = np.flatnonzero(~inside)
+    curve = _StepCurve.of(steps, losses)
+    plateau = curve.tail_mean(final_fraction)
+    grid, smooth = curve.smoothed(curve.window_steps(window))
+    outside = np.flatnonzero(np.abs(smooth - plateau) > tolerance * abs(plateau) + atol)
     if outside.size == 0:
-        return float(steps[0])
+        return float(grid[0])
     first_settled = int(outside[-1]) + 1
-    return float(steps[first_settled]) if first_settled < n else math.nan
+    return float(grid[first_settled]) if first_settled < grid.size else math.nan
 
 
 def _curves_by_interval(curves) -> dict[int, pd.DataFrame]:
@@ -217,21 +312,22 @@ def convergence_table(
     intervals: Intervals,
     *,
     start: float = 100,
-    min_increases: int = 1,
     tolerance: float = 0.01,
-    window: int | None = None,
+    window: float | None = None,
     final_fraction: float = 0.1,
 ) -> pd.DataFrame:
     """Convergence points of the N expert models, one row per interval (appendix B of arXiv 2403.10348).
 
     ``curves``: expert i's loss curve (columns ``step``, ``loss``) by interval number i = 1..N
     (1 = C_1, the lowest noise), either as a mapping or as one long table with a column ``interval``.
-    Every interval of ``intervals`` must have a curve.  Columns of the result:
+    Every interval of ``intervals`` must have a curve.  ``window`` (training steps) smooths both
+    measures.  Columns of the result:
 
     * ``interval``, ``unit_low``, ``unit_high``  the interval and its cell [unit_low, unit_high) of u,
     * ``increases_after_start``, ``oscillation_onset``  :func:`oscillation_onset` (count and step),
     * ``plateau_step``  :func:`plateau_step`,
-    * ``final_loss``  the plateau level: mean loss over the last ``final_fraction`` of the steps.
+    * ``final_loss``  the plateau level: mean loss over the last ``final_fraction`` of the steps,
+    * ``settled``  whether ``plateau_step`` is finite (the loss settled within the run).
 
     Bad input (a missing column, an empty curve, non-increasing steps, non-finite values, an interval
     outside 1..N or missing) raises ValueError naming the interval and the column.
@@ -256,7 +352,10 @@ def convergence_table(
         if len(frame) == 0:
             raise ValueError(f"{where}column 'loss' is empty: the loss curve has no rows")
         steps, losses = _curve_arrays(frame["step"].to_numpy(), frame["loss"].to_numpy(), where)
-        osc = oscillation_onset(steps, losses, start=start, min_increases=min_increases)
+        osc = oscillation_onset(steps, losses, start=start, window=window)
+        plateau = plateau_step(
+            steps, losses, tolerance=tolerance, window=window, final_fraction=final_fraction
+        )
         rows.append(
             {
                 "interval": i,
@@ -264,13 +363,60 @@ def convergence_table(
                 "unit_high": intervals.unit_edges[i],
                 "increases_after_start": osc.increases,
                 "oscillation_onset": osc.onset,
-                "plateau_step": plateau_step(
-                    steps, losses, tolerance=tolerance, window=window, final_fraction=final_fraction
-                ),
-                "final_loss": float(losses[_tail_mask(steps, final_fraction)].mean()),
+                "plateau_step": plateau,
+                "final_loss": _StepCurve.of(steps, losses).tail_mean(final_fraction),
+                "settled": math.isfinite(plateau),
             }
         )
     return pd.DataFrame(rows, columns=list(CONVERGENCE_COLUMNS))
+
+
+class ConvergenceTrend(NamedTuple):
+    """Result of :func:`convergence_trend`."""
+
+    intervals: int  # rows of the table
+    settled: int  # rows with a finite value of the measure
+    rho: float  # Spearman's rho(interval, step) over the settled rows; NaN when no trend is measured
+    p: float  # its two-sided p-value
+    verdict: str
+
+
+NOT_CONVERGED = "not converged at this budget"
+
+
+def convergence_trend(
+    table: pd.DataFrame, column: str, min_settled_fraction: float = 0.75
+) -> ConvergenceTrend:
+    """Does a lower-noise interval converge later (the paper's appendix B)?
+
+    Spearman's rho between the interval number (1 = lowest noise) and ``column`` (a convergence step of
+    :func:`convergence_table`) over the intervals where it is finite; the paper's claim predicts
+    rho < 0.  When fewer than ``min_settled_fraction`` of the intervals have a finite value the
+    verdict is exactly ``"not converged at this budget"`` and rho and p are NaN: a trend over the few
+    that settled would compare the fastest experts only.
+    """
+    for col in ("interval", column):
+        if col not in table.columns:
+            raise ValueError(f"convergence table: missing column {col!r} (got columns {list(table.columns)})")
+    if not 0 <= min_settled_fraction <= 1:
+        raise ValueError(f"min_settled_fraction must be in [0, 1], got {min_settled_fraction!r}")
+    values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=np.float64)
+    finite = np.isfinite(values)
+    total, settled = len(table), int(finite.sum())
+    if total == 0 or settled < min_settled_fraction * total:
+        return ConvergenceTrend(total, settled, math.nan, math.nan, NOT_CONVERGED)
+    if settled < 3:
+        return ConvergenceTrend(total, settled, math.nan, math.nan, "too few intervals to measure a trend")
+    if np.ptp(values[finite]) == 0:  # Spearman's rho is undefined (and scipy warns)
+        return ConvergenceTrend(total, settled, math.nan, math.nan, "no trend (constant values)")
+    rho, p = (float(x) for x in spearmanr(table["interval"].to_numpy()[finite], values[finite]))
+    if rho < 0 and p < 0.05:
+        verdict = "lower-noise intervals converge later, as the paper reports"
+    elif rho > 0 and p < 0.05:
+        verdict = "lower-noise intervals converge *earlier*, against the paper's finding"
+    else:
+        verdict = "no significant trend at the 5% level"
+    return ConvergenceTrend(total, settled, rho, p, verdict)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ class FeatureNetReport:
     test_accuracy: float  # on the held-out split, never trained on
     num_train: int
     num_test: int
+    test_indices: torch.Tensor  # rows of ``images`` held out, in the split's random order: unseen real images
 
 
 @torch.no_grad()
@@ -103,5 +104,6 @@ def train_feature_net(
         test_accuracy=_accuracy(net, x_test, y_test),
         num_train=len(x_train),
         num_test=len(x_test),
+        test_indices=test_idx.clone(),
     )
     return net.eval(), report

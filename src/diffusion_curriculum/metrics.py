@@ -56,6 +56,7 @@ __all__ = [
     "feature_stats",
     "frechet_distance",
     "fid_from_features",
+    "class_agreement",
     "kid_from_features",
     "inception_score",
     "precision_recall",
@@ -190,6 +191,8 @@ class DomainFeatures:
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
         self.classifier = classifier.to(device).eval()
+        # The data set's classes, which class agreement compares with the requested ones.
+        self.num_classes = int(classifier.head.out_features) if hasattr(classifier, "head") else None
         self.in_channels = in_channels
         self.image_size = image_size
         self.device = torch.device(device)
@@ -428,6 +431,36 @@ def reference_stats(
     return {"mu": mu, "sigma": sigma, "features": feats}
 
 
+def class_agreement(probs: np.ndarray, requested: np.ndarray) -> float:
+    """The share of samples that a classifier of the data set assigns to the class they were drawn for.
+
+    ``probs`` (N, K) are the classifier's p(y|x) (or logits: only the argmax matters) and ``requested``
+    (N,) the class each sample was conditioned on.  1 means every sample shows its class; a model that
+    ignores its condition scores about the share of the most frequent predicted class among the requested
+    ones (1/K for balanced requests): chance, not zero.
+    """
+    probs = np.asarray(probs)
+    requested = np.asarray(requested)
+    if probs.ndim != 2 or probs.shape[1] < 2:
+        raise ValueError(f"probs must be (N, K) with K >= 2 classes, got shape {probs.shape}")
+    if requested.shape != (probs.shape[0],):
+        raise ValueError(
+            f"requested must hold one class per sample, shape ({probs.shape[0]},), got {requested.shape}"
+        )
+    if requested.size == 0:
+        raise ValueError("class agreement needs at least one sample")
+    if (
+        not np.issubdtype(requested.dtype, np.integer)
+        or requested.min() < 0
+        or requested.max() >= probs.shape[1]
+    ):
+        raise ValueError(
+            f"requested classes must be integers in [0, {probs.shape[1] - 1}] (the classifier's classes), "
+            f"got values in [{requested.min()}, {requested.max()}] of dtype {requested.dtype}"
+        )
+    return float((probs.argmax(axis=1) == requested).mean())
+
+
 def compute_metrics(
     real_images: np.ndarray | None,
     fake_images: np.ndarray,
@@ -440,15 +473,19 @@ def compute_metrics(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     seed: int = 0,
+    requested_labels: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """FID, KID, precision and recall of ``fake_images`` against the reference, plus IS if ``probs_fn``.
+    """FID, KID, precision and recall of ``fake_images`` against the reference, plus IS if ``probs_fn``
+    and :func:`class_agreement` if also ``requested_labels`` (the class each sample was drawn for; the
+    classifier behind ``probs_fn`` must know the data set's classes).
 
     The reference is either ``real_images`` or precomputed ``reference`` statistics from
     :func:`reference_stats` (computed with the same ``extractor``); ``real_images`` is ignored when
     ``reference`` is given.  ``probs_fn`` takes the same input as ``extractor`` and returns p(y|x) (N, K),
     e.g. :meth:`DomainFeatures.probs`.
 
-    Returns ``{"fid", "kid", "precision", "recall"}`` and, with ``probs_fn``, ``"is_mean"``/``"is_std"``.
+    Returns ``{"fid", "kid", "precision", "recall"}`` and, with ``probs_fn``, ``"is_mean"``/``"is_std"``
+    (and ``"class_agreement"``).
     """
     if reference is None:
         if real_images is None:
@@ -466,8 +503,11 @@ def compute_metrics(
         "precision": precision,
         "recall": recall,
     }
+    if requested_labels is not None and probs_fn is None:
+        raise ValueError("requested_labels need a probs_fn: class agreement is read off a classifier")
     if probs_fn is not None:
-        out["is_mean"], out["is_std"] = inception_score(
-            _batched(probs_fn, fake_images, batch_size), is_splits
-        )
+        probs = _batched(probs_fn, fake_images, batch_size)
+        out["is_mean"], out["is_std"] = inception_score(probs, is_splits)
+        if requested_labels is not None:
+            out["class_agreement"] = class_agreement(probs, requested_labels)
     return out

@@ -9,11 +9,12 @@ rule prepare_data:
         "logs/prepare_data.log",
     conda:
         PIPELINE_ENV
+    threads: 1
     params:
         file=PARAMS_FILE,
         sections=sections("data"),
     shell:
-        "python -m stages.prepare_data --params {params.file} --out-dir data/prepared > {log} 2>&1"
+        "python -m stages.prepare_data --params {params.file} --threads {threads} --out-dir data/prepared > {log} 2>&1"
 
 
 rule encode_latents:
@@ -27,11 +28,12 @@ rule encode_latents:
         "logs/encode_latents.log",
     conda:
         PIPELINE_ENV
+    threads: 1
     resources:
         gpu=1,
     params:
         file=PARAMS_FILE,
         sections=sections("latents"),
     shell:
-        "python -m stages.encode_latents --params {params.file} --data {input.data}"
+        "python -m stages.encode_latents --params {params.file} --threads {threads} --data {input.data}"
         " --out-dir data/encoded > {log} 2>&1"

@@ -9,11 +9,12 @@ rule feature_net:
         "logs/feature_net.log",
     conda:
         PIPELINE_ENV
+    threads: 1
     params:
         file=PARAMS_FILE,
         sections=sections("features"),
     shell:
-        "python -m stages.feature_net --params {params.file} --data {input.data}"
+        "python -m stages.feature_net --params {params.file} --threads {threads} --data {input.data}"
         " --out-dir results/features > {log} 2>&1"
 
 
@@ -26,15 +27,17 @@ rule fid_ref:
     output:
         reference="results/features/reference.npz",
         summary="results/features/reference.json",
+        floor="results/features/floor.npz",
     log:
         "logs/fid_ref.log",
     conda:
         PIPELINE_ENV
+    threads: 1
     params:
         file=PARAMS_FILE,
-        sections=sections("features"),
+        sections=sections("features", "sample.num_samples"),
     shell:
-        "python -m stages.fid_ref --params {params.file} --data {input.data}"
+        "python -m stages.fid_ref --params {params.file} --threads {threads} --data {input.data}"
         " --feature-net {input.feature_net} --out-dir results/features > {log} 2>&1"
 
 
@@ -50,10 +53,33 @@ rule evaluate:
         "logs/evaluate/{method}/seed{seed}/step{step}.log",
     conda:
         PIPELINE_ENV
+    threads: 1
     params:
         file=PARAMS_FILE,
         sections=sections("features", "evaluate"),
     shell:
-        "python -m stages.evaluate --params {params.file} --samples {input.samples}"
+        "python -m stages.evaluate --params {params.file} --threads {threads} --samples {input.samples}"
+        " --reference {input.reference} --feature-net {input.feature_net}"
+        " --out {output.metrics} > {log} 2>&1"
+
+
+rule evaluate_floor:
+    input:
+        samples="results/features/floor.npz",
+        reference="results/features/reference.npz",
+        feature_net="results/features/feature_net.pt",
+        code=code("evaluate", "metrics", "feature_net", "io") + ["stages/_features.py"],
+    output:
+        metrics="results/metrics/floor.json",
+    log:
+        "logs/evaluate_floor.log",
+    conda:
+        PIPELINE_ENV
+    threads: 1
+    params:
+        file=PARAMS_FILE,
+        sections=sections("features", "evaluate"),
+    shell:
+        "python -m stages.evaluate --params {params.file} --threads {threads} --samples {input.samples}"
         " --reference {input.reference} --feature-net {input.feature_net}"
         " --out {output.metrics} > {log} 2>&1"

@@ -36,6 +36,7 @@ rule train_expert:
         "logs/train_expert/expert{interval}.log",
     conda:
         PIPELINE_ENV
+    threads: 1
     resources:
         gpu=1,
     params:
@@ -44,7 +45,7 @@ rule train_expert:
         out_dir="results/experts/expert{interval}",
         checkpoint_dir="checkpoints/experts/expert{interval}",
     shell:
-        "python -m stages.train_expert --params {params.file} --data {input.data}"
+        "python -m stages.train_expert --params {params.file} --threads {threads} --data {input.data}"
         " --captions {input.captions} --interval {wildcards.interval} --out-dir {params.out_dir}"
         " --checkpoint-dir {params.checkpoint_dir} > {log} 2>&1"
 
@@ -61,11 +62,12 @@ rule convergence:
         "logs/convergence.log",
     conda:
         PIPELINE_ENV
+    threads: 1
     params:
         file=PARAMS_FILE,
         sections=sections("experts.intervals", "convergence"),
     shell:
-        "python -m stages.convergence --params {params.file} --experts-dir results/experts"
+        "python -m stages.convergence --params {params.file} --threads {threads} --experts-dir results/experts"
         " --out {output.table} > {log} 2>&1"
 
 
@@ -79,19 +81,70 @@ rule estimate_kl:
         "logs/estimate_kl.log",
     conda:
         PIPELINE_ENV
+    threads: 2
     resources:
         gpu=1,
     params:
         file=PARAMS_FILE,
-        sections=sections("diffusion", "kl"),
+        sections=sections(
+            "diffusion",
+            "kl.num_data",
+            "kl.num_samples",
+            "kl.exclude_self",
+            "kl.common_noise",
+            "kl.grid_points",
+            "kl.chunk_size",
+            "kl.precision",
+            "kl.seed",
+            "kl.device",
+        ),
     shell:
-        "python -m stages.estimate_kl --params {params.file} --data {input.data}"
+        "python -m stages.estimate_kl --params {params.file} --threads {threads} --data {input.data}"
         " --out {output.table} > {log} 2>&1"
+
+
+rule estimate_kl_score:
+    input:
+        data="data/encoded/train.parquet",
+        experts=expand("results/experts/expert{interval}/model.pt", interval=EXPERTS),
+        code=code(
+            "estimate_kl_score",
+            "kl_score",
+            "kl",
+            "schedules",
+            "data",
+            "io",
+            "losses",
+            "device_tables",
+            "models/__init__",
+            "models/layers",
+            "models/dit",
+            "models/unet",
+        )
+        + ["stages/sample.py"],
+    output:
+        table="results/kl/kl_score.parquet",
+    log:
+        "logs/estimate_kl_score.log",
+    conda:
+        PIPELINE_ENV
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        file=PARAMS_FILE,
+        sections=sections(
+            "kl.num_data", "kl.seed", "kl.device", "kl.score", "experts.intervals"
+        ),
+    shell:
+        "python -m stages.estimate_kl_score --params {params.file} --threads {threads} --data {input.data}"
+        " --experts-dir results/experts --out {output.table} > {log} 2>&1"
 
 
 rule cluster_difficulty:
     input:
         kl="results/kl/kl.parquet",
+        kl_score="results/kl/kl_score.parquet",
         convergence="results/convergence/convergence.parquet",
         code=code(
             "cluster_difficulty", "difficulty", "schedules", "io", "timesteps/base"
@@ -102,11 +155,13 @@ rule cluster_difficulty:
         "logs/cluster_difficulty.log",
     conda:
         PIPELINE_ENV
+    threads: 1
     params:
         file=PARAMS_FILE,
-        sections=sections("diffusion", "curriculum"),
+        sections=sections("diffusion", "curriculum", "kl.estimator"),
     shell:
-        "python -m stages.cluster_difficulty --params {params.file} --kl {input.kl}"
+        "python -m stages.cluster_difficulty --params {params.file} --threads {threads} --kl {input.kl}"
+        " --kl-score {input.kl_score}"
         " --convergence {input.convergence} --out {output.curriculum} > {log} 2>&1"
 
 
@@ -139,6 +194,7 @@ rule stitch_sample:
         "logs/stitch_sample/expert{interval}.log",
     conda:
         PIPELINE_ENV
+    threads: 1
     resources:
         gpu=1,
     params:
@@ -146,7 +202,7 @@ rule stitch_sample:
         sections=sections("sample"),
         out_dir="results/samples/stitch/expert{interval}",
     shell:
-        "python -m stages.sample --params {params.file} --model {input.base}"
+        "python -m stages.sample --params {params.file} --threads {threads} --model {input.base}"
         " --expert {input.expert} --encoding {input.encoding} --captions {input.captions}"
         " --out-dir {params.out_dir} > {log} 2>&1"
 
@@ -163,10 +219,11 @@ rule stitch_eval:
         "logs/stitch_eval/expert{interval}.log",
     conda:
         PIPELINE_ENV
+    threads: 1
     params:
         file=PARAMS_FILE,
         sections=sections("features", "evaluate"),
     shell:
-        "python -m stages.evaluate --params {params.file} --samples {input.samples}"
+        "python -m stages.evaluate --params {params.file} --threads {threads} --samples {input.samples}"
         " --reference {input.reference} --feature-net {input.feature_net}"
         " --out {output.metrics} > {log} 2>&1"

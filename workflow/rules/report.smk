@@ -15,8 +15,17 @@ rule aggregate:
             run=RUNS,
             table=["loss_bins", "train_log", "transitions"],
         ),
+        floor_metrics="results/metrics/floor.json",
+        final_samples=expand(
+            "results/samples/{method}/seed{seed}/step{step}/samples.npz",
+            method=METHODS,
+            seed=SEEDS[0],
+            step=max(SNAPSHOTS),
+        ),
         feature_net="results/features/feature_net.json",
+        floor="results/features/floor.npz",
         kl="results/kl/kl.parquet",
+        kl_score="results/kl/kl_score.parquet",
         convergence="results/convergence/convergence.parquet",
         curriculum="results/curriculum/curriculum.json",
         code=code(
@@ -36,6 +45,11 @@ rule aggregate:
         fid=report(
             f"{REPORT_DIR}/fid_vs_iterations.png",
             caption="../report/fid_vs_iterations.rst",
+            category="Comparison",
+        ),
+        samples=report(
+            f"{REPORT_DIR}/samples.png",
+            caption="../report/samples.rst",
             category="Comparison",
         ),
         loss_bins=report(
@@ -64,6 +78,7 @@ rule aggregate:
         "logs/aggregate.log",
     conda:
         PIPELINE_ENV
+    threads: 1
     params:
         file=PARAMS_FILE,
         sections=sections(
@@ -75,7 +90,7 @@ rule aggregate:
         ),
         out_dir=lambda wildcards, output: os.path.dirname(output.html),
     shell:
-        "python -m stages.aggregate --params {params.file} --train-dir results/train"
-        " --metrics-dir results/metrics --features-dir results/features --kl {input.kl}"
-        " --convergence {input.convergence} --curriculum {input.curriculum}"
+        "python -m stages.aggregate --params {params.file} --threads {threads} --train-dir results/train"
+        " --metrics-dir results/metrics --samples-dir results/samples --features-dir results/features"
+        " --kl {input.kl} --kl-score {input.kl_score} --convergence {input.convergence} --curriculum {input.curriculum}"
         " --out-dir {params.out_dir} > {log} 2>&1"

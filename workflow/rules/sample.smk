@@ -26,12 +26,13 @@ rule sample:
         "logs/sample/{method}/seed{seed}/step{step}.log",
     conda:
         PIPELINE_ENV
+    threads: 1
     params:
         file=PARAMS_FILE,
         sections=sections("sample"),
         out_dir="results/samples/{method}/seed{seed}/step{step}",
     shell:
-        "python -m stages.sample --params {params.file}"
+        "python -m stages.sample --params {params.file} --threads {threads}"
         " --model {input.snapshots}/step{wildcards.step}.pt"
         " --encoding {input.encoding} --captions {input.captions}"
         " --out-dir {params.out_dir} > {log} 2>&1"

@@ -35,6 +35,7 @@ rule train:
         "logs/train/{method}/seed{seed}.log",
     conda:
         PIPELINE_ENV
+    threads: 1
     resources:
         # One GPU per data-parallel process of a run (train.data_parallel): the SLURM profile submits
         # it as sbatch --gpus=N; locally, --resources gpu=K keeps concurrent runs to the machine's K
@@ -46,6 +47,6 @@ rule train:
         out_dir="results/train/{method}/seed{seed}",
         checkpoint_dir="checkpoints/train/{method}/seed{seed}",
     shell:
-        "python -m stages.train --params {params.file} --data {input.data}"
+        "python -m stages.train --params {params.file} --threads {threads} --data {input.data}"
         " --captions {input.captions} --curriculum {input.curriculum} --method {wildcards.method} --seed {wildcards.seed}"
         " --out-dir {params.out_dir} --checkpoint-dir {params.checkpoint_dir} > {log} 2>&1"

@@ -34,6 +34,7 @@ from .figures import (
     plot_kl,
     plot_loss_bins,
     plot_metric_vs_iterations,
+    plot_sample_grids,
 )
 from .html import (
     Image,
@@ -46,20 +47,25 @@ from .html import (
     write_markdown_report,
 )
 from .stats import (
+    LowNoiseContrast,
     better_direction,
     first_crossing,
     iterations_to_reach,
     iterations_to_reach_mean_curve,
+    low_noise_contrast,
     mean_ci,
     metric_label,
     reach_steps,
     summarize,
     t_half_width,
 )
-from .tables import format_mean_ci, markdown_table, reach_table, results_table
+from .tables import format_mean_ci, markdown_table, reach_table, results_table, with_reference_row
 
 __all__ = [
     "METHOD_COLORS",
+    "LowNoiseContrast",
+    "low_noise_contrast",
+    "with_reference_row",
     "Image",
     "Table",
     "Text",
@@ -78,6 +84,7 @@ __all__ = [
     "plot_curriculum_timeline",
     "plot_kl",
     "plot_loss_bins",
+    "plot_sample_grids",
     "plot_metric_vs_iterations",
     "reach_steps",
     "reach_table",

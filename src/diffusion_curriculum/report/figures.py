@@ -15,7 +15,7 @@ import functools
 import math
 import os
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec
 
@@ -40,6 +40,7 @@ __all__ = [
     "plot_loss_bins",
     "plot_curriculum_timeline",
     "plot_kl",
+    "plot_sample_grids",
     "plot_convergence",
 ]
 
@@ -189,30 +190,52 @@ def _nonempty(frame: pd.DataFrame | None, name: str) -> pd.DataFrame:
 def plot_metric_vs_iterations(
     metrics: pd.DataFrame,
     path: str | os.PathLike,
-    metric: str = "fid",
+    metric: str | Sequence[str] = "fid",
     *,
     confidence: float = 0.95,
     baseline: str | None = "vanilla",
+    floor: Mapping[str, float] | None = None,
     log_y: bool = False,
     title: str | None = None,
 ) -> Path:
-    """``metric`` against the training iteration of each snapshot, one line per method.
+    """``metric`` against the training iteration of each snapshot, one line per method; several metrics
+    give one panel each, side by side (metrics without any finite value are left out).
 
     The line is the mean over seeds; the shaded band is the ``confidence`` Student-t interval of that mean
     wherever at least two seeds have the snapshot (no band where there is one: no spread is invented; the
     legend says how many seeds each method has).  A dotted horizontal line marks the ``baseline``'s
-    final mean (the target of :func:`~diffusion_curriculum.report.stats.iterations_to_reach`).
+    final mean (the target of :func:`~diffusion_curriculum.report.stats.iterations_to_reach`); a dashed
+    grey line marks ``floor[metric]``, the metric on held-out real images (what a perfect model scores).
 
     Raises:
-        ValueError: a column is missing or the table has no finite value for ``metric`` (the message lists
-            the metrics present).
+        ValueError: a column is missing or the table has no finite value for any requested metric (the
+            message lists the metrics present).
     """
     _require_columns(metrics, ["method", "seed", "step", "metric", "value"], "metrics")
-    rows = metrics[(metrics["metric"] == metric) & np.isfinite(metrics["value"].astype(float))]
-    if rows.empty:
+    wanted = [metric] if isinstance(metric, str) else list(metric)
+    finite = metrics[np.isfinite(metrics["value"].astype(float))]
+    shown = [m for m in wanted if (finite["metric"] == m).any()]
+    if not shown:
         raise ValueError(
-            f"no finite {metric!r} values to plot; metrics present: {sorted(set(metrics['metric']))}"
+            f"no finite {wanted!r} values to plot; metrics present: {sorted(set(metrics['metric']))}"
         )
+    fig = _figure(7.5 if len(shown) == 1 else 6.2 * len(shown), 4.8)
+    for k, name in enumerate(shown):
+        ax = fig.add_subplot(1, len(shown), k + 1)
+        panel = finite[finite["metric"] == name]
+        _metric_panel(ax, panel, name, confidence, baseline, (floor or {}).get(name))
+        if log_y:
+            ax.set_yscale("log")
+        if len(shown) == 1 and title:
+            ax.set_title(title)
+    if len(shown) > 1 and title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _metric_panel(
+    ax: Any, rows: pd.DataFrame, metric: str, confidence: float, baseline: str | None, floor: float | None
+) -> None:
     label = metric_label(metric)
     per_method = {
         m: rows[rows["method"] == m].groupby("step")["value"].agg(["mean", "std", "count"])
@@ -220,8 +243,6 @@ def plot_metric_vs_iterations(
     }
     counts = {int(n) for stats in per_method.values() for n in stats["count"]}
     same_n = len(counts) == 1  # then the seed count goes in the legend title, not on every line
-    fig = _figure(7.5, 4.8)
-    ax = fig.add_subplot()
     any_band = False
     for method, stats in per_method.items():
         steps = stats.index.to_numpy(dtype=float)
@@ -246,14 +267,13 @@ def plot_metric_vs_iterations(
         ax.axhline(
             final, color=method_color(baseline), ls=":", lw=1.2, label=f"{baseline} final ({final:.4g})"
         )
+    if floor is not None and math.isfinite(floor):
+        ax.axhline(floor, color="#888888", ls="--", lw=1.4, label=f"real data, floor ({floor:.4g})")
     direction = better_direction(metric)
     ax.set_ylabel(label + (f" ({direction} is better)" if direction else ""))
     _iteration_axis(ax)
-    if log_y:
-        ax.set_yscale("log")
-    ax.set_title(title or f"{label} vs training iteration")
+    ax.set_title(f"{label} vs training iteration")
     ax.legend(title=legend_title, loc="best", framealpha=0.85)
-    return _save(fig, path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -432,52 +452,158 @@ def plot_curriculum_timeline(
 # --------------------------------------------------------------------------------------------------
 
 
+def _symlog_threshold(values: np.ndarray) -> float:
+    """A power of ten below which the symlog axis is linear: the 10th percentile of the non-zero |values|,
+    so the bulk of the curve is on the log part and estimates near or below zero stay visible."""
+    magnitude = np.abs(values[np.isfinite(values) & (values != 0)])
+    if magnitude.size == 0:
+        return 1.0
+    return float(10.0 ** np.floor(np.log10(np.quantile(magnitude, 0.1))))
+
+
+def _kl_line(
+    ax: Any, xs: np.ndarray, frame: pd.DataFrame, column: str, color: str, label: str, **style
+) -> None:
+    ys = frame[column].to_numpy(dtype=float)
+    ax.plot(xs, ys, color=color, lw=1.6, label=label, **style)
+    stderr = f"{column}_stderr"
+    if stderr in frame:
+        se = frame[stderr].to_numpy(dtype=float)
+        ax.fill_between(xs, ys - se, ys + se, color=color, alpha=0.2, lw=0)
+
+
 @_styled
 def plot_kl(
     kl: pd.DataFrame,
     path: str | os.PathLike,
     *,
+    score: pd.DataFrame | None = None,
     x: str = "t",
     title: str = r"KL divergence between adjacent marginals $D_{\mathrm{KL}}(p_{t-1}\,\|\,p_t)$",
 ) -> Path:
-    """The Monte-Carlo estimate of ``D_KL(p_{t-1} || p_t)`` against the timestep, log y-scale, with a band of
-    plus/minus one standard error (``kl_stderr``, optional), as in Fig. 2 of the paper.
+    """Every estimate of ``D_KL(p_{t-1} || p_t)`` against the timestep on a symmetric-log y-scale (linear
+    near zero, so estimates at or below zero are drawn, not dropped), each with a band of plus/minus one
+    standard error (column ``<name>_stderr``), as in Fig. 2 of the paper but beside its null:
 
-    ``x`` is ``"t"`` (the timestep) or ``"unit"`` (t mapped to [0, 1]).  KL values are in nats (natural
-    logarithms).  Points whose estimate is not positive cannot be drawn on a log scale; their number is
-    given in the legend.  The band's lower edge is clipped to the smallest positive value drawn.
+    * ``kl``: the mixture estimator of the paper (eq. 1-2), with the share of its estimates <= 0;
+    * ``kl_null`` (optional): the same estimator, same D, L, M and draws, on data-free reference data (an
+      isotropic Gaussian with the data's variance) -- the part of ``kl`` that the estimator makes whatever
+      the data are; ``kl_null_exact`` (optional): the reference's true KL;
+    * ``score`` (optional table with ``t``/``unit``, ``kl``, ``kl_stderr``): the score-based estimator.
+
+    ``x`` is ``"t"`` (the timestep) or ``"unit"`` (t mapped to [0, 1]).  KL values are in nats.
     """
     _require_columns(kl, [x, "kl"], "kl")
     frame = _nonempty(kl, "kl").sort_values(x)
     xs = frame[x].to_numpy(dtype=float)
     ys = frame["kl"].to_numpy(dtype=float)
-    positive = np.isfinite(ys) & (ys > 0)
-    fig = _figure(7.5, 4.6)
+    shown = [ys]
+    fig = _figure(7.5, 4.8)
     ax = fig.add_subplot()
-    dropped = int((~positive & np.isfinite(ys)).sum())
-    label = "Monte-Carlo estimate" + (f" ({dropped} points ≤ 0 not shown)" if dropped else "")
-    ax.plot(xs[positive], ys[positive], color="#1f77b4", lw=1.6, label=label)
-    if "kl_stderr" in frame and positive.any():
-        se = frame["kl_stderr"].to_numpy(dtype=float)
-        floor = ys[positive].min()
-        lo = np.maximum(ys - se, floor * 0.5)
-        ax.fill_between(
-            xs[positive],
-            lo[positive],
-            (ys + se)[positive],
-            color="#1f77b4",
-            alpha=0.25,
-            lw=0,
-            label="± 1 standard error",
+    non_positive = float(np.mean(ys[np.isfinite(ys)] <= 0)) if np.isfinite(ys).any() else float("nan")
+    _kl_line(ax, xs, frame, "kl", "#1f77b4", f"mixture estimator (eq. 1-2; {non_positive:.0%} of points ≤ 0)")
+    if "kl_null" in frame:
+        _kl_line(
+            ax, xs, frame, "kl_null", "#888888", "same estimator on Gaussian reference data (null)", ls="--"
         )
-    if positive.any():
-        ax.set_yscale("log")
-    else:
-        ax.text(0.5, 0.5, "no positive KL estimate", transform=ax.transAxes, ha="center", va="center")
+        shown.append(frame["kl_null"].to_numpy(dtype=float))
+    if "kl_null_exact" in frame:
+        exact = frame["kl_null_exact"].to_numpy(dtype=float)
+        ax.plot(xs, exact, color="#888888", lw=1.0, ls=":", label="reference data: true KL")
+        shown.append(exact)
+    if score is not None and len(score):
+        _require_columns(score, [x, "kl"], "score")
+        score = score.sort_values(x)
+        _kl_line(
+            ax, score[x].to_numpy(dtype=float), score, "kl", "#d62728", "score estimator (trained experts)"
+        )
+        shown.append(score["kl"].to_numpy(dtype=float))
+    ax.set_yscale("symlog", linthresh=_symlog_threshold(np.concatenate(shown)))
+    ax.axhline(0.0, color="black", lw=0.6)
     ax.set_xlabel("timestep t" if x == "t" else "t / T (0 = data, 1 = noise)" if x == "unit" else x)
-    ax.set_ylabel("KL (nats), log scale")
+    ax.set_ylabel("KL (nats), symmetric log scale")
     ax.set_title(title)
     ax.legend(loc="best", framealpha=0.85)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sample grids
+# --------------------------------------------------------------------------------------------------
+
+
+def _class_grid(
+    images: np.ndarray, labels: np.ndarray, per_class: int, columns: int
+) -> tuple[np.ndarray, list]:
+    """A (rows*H, cols*W, C) mosaic: one column per class (the first ``per_class`` images drawn for it),
+    or, for unlabelled images (labels < 0), the first ``per_class * columns`` images row by row."""
+    _, h, w, c = images.shape
+    classes = sorted(int(v) for v in np.unique(labels) if v >= 0)
+    if classes:
+        cells = [np.flatnonzero(labels == k)[:per_class] for k in classes]
+        mosaic = np.zeros((per_class * h, len(classes) * w, c), dtype=np.uint8)
+        for col, rows in enumerate(cells):
+            for row, i in enumerate(rows):
+                mosaic[row * h : (row + 1) * h, col * w : (col + 1) * w] = images[i]
+        return mosaic, classes
+    count = min(len(images), per_class * columns)
+    mosaic = np.zeros((per_class * h, columns * w, c), dtype=np.uint8)
+    for i in range(count):
+        row, col = divmod(i, columns)
+        mosaic[row * h : (row + 1) * h, col * w : (col + 1) * w] = images[i]
+    return mosaic, []
+
+
+@_styled
+def plot_sample_grids(
+    grids: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    path: str | os.PathLike,
+    *,
+    per_class: int = 8,
+    scale: int = 4,
+    columns: int = 10,
+    title: str | None = None,
+) -> Path:
+    """One labelled grid per entry of ``grids`` (name -> (uint8 NHWC images, labels)), side by side in
+    rows of two, each image enlarged ``scale`` times with nearest-neighbour pixels (no smoothing hides the
+    noise of a sample).  Class-conditional sets get one column per class, headed by the class number;
+    images with label -1 are tiled in ``columns`` columns.  Put the real images first, as the reference.
+    """
+    if not grids:
+        raise ValueError("no sample sets to draw")
+    if scale < 1 or per_class < 1:
+        raise ValueError(f"scale and per_class must be >= 1, got {scale}, {per_class}")
+    mosaics = {}
+    for name, (images, labels) in grids.items():
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise ValueError(f"{name}: expected uint8 NHWC images, got {images.dtype} {images.shape}")
+        mosaic, classes = _class_grid(images, np.asarray(labels), per_class, columns)
+        mosaics[name] = (np.repeat(np.repeat(mosaic, scale, axis=0), scale, axis=1), classes, images.shape[2])
+    panel_h = max(m.shape[0] for m, _, _ in mosaics.values())
+    panel_w = max(m.shape[1] for m, _, _ in mosaics.values())
+    ncols = min(2, len(mosaics))
+    nrows = math.ceil(len(mosaics) / ncols)
+    # Pixel-exact at DPI: each panel is its mosaic's size in pixels plus room for the labels.
+    fig = _figure(ncols * (panel_w / DPI + 0.4), nrows * (panel_h / DPI + 0.7))
+    for k, (name, (mosaic, classes, width)) in enumerate(mosaics.items()):
+        ax = fig.add_subplot(nrows, ncols, k + 1)
+        grey = mosaic.shape[2] == 1
+        ax.imshow(mosaic[..., 0] if grey else mosaic, cmap="gray" if grey else None, vmin=0, vmax=255,
+                  interpolation="nearest")  # fmt: skip
+        ax.grid(False)
+        ax.set_yticks([])
+        cell = width * scale
+        if classes:
+            ax.set_xticks([cell * (i + 0.5) for i in range(len(classes))], [str(c) for c in classes])
+            ax.tick_params(axis="x", length=0, labeltop=True, labelbottom=False)
+        else:
+            ax.set_xticks([])
+        for side in ("left", "right", "top", "bottom"):
+            ax.spines[side].set_visible(False)
+        ax.set_title(name)
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)
 
 

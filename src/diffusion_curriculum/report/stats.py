@@ -6,8 +6,8 @@ configuration files or pipeline paths.
 Input schema
 ------------
 *metrics* is one row per evaluated snapshot and metric, with columns ``method`` (str), ``seed`` (int),
-``step`` (int, the training iteration of the snapshot), ``metric`` (str: ``fid``, ``kid``, ``is_mean``,
-``is_std``, ``precision``, ``recall``, or any other name) and ``value`` (float).  Each
+``step`` (int, the training iteration of the snapshot), ``metric`` (str: ``class_agreement``, ``fid``,
+``kid``, ``is_mean``, ``is_std``, ``precision``, ``recall``, or any other name) and ``value`` (float).  Each
 (method, seed, step, metric) must occur at most once.  NaN values (a failed evaluation is not a
 measurement) never enter a statistic and ``n`` counts the finite values that did; they still count as
 snapshots, so a run's final step is its last snapshot in the table whatever its values.
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -42,12 +43,14 @@ __all__ = [
     "reach_steps",
     "iterations_to_reach",
     "iterations_to_reach_mean_curve",
+    "LowNoiseContrast",
+    "low_noise_contrast",
 ]
 
 METRIC_COLUMNS = ("method", "seed", "step", "metric", "value")
 
 # Canonical order of the metrics in tables; unknown metrics follow in order of appearance.
-METRIC_ORDER = ("fid", "kid", "is_mean", "is_std", "precision", "recall")
+METRIC_ORDER = ("class_agreement", "fid", "kid", "is_mean", "is_std", "precision", "recall")
 
 # "lower" / "higher" is better; metrics without an entry (is_std: a spread over splits) have no direction.
 _DIRECTION = {
@@ -57,6 +60,7 @@ _DIRECTION = {
     "is": "higher",
     "precision": "higher",
     "recall": "higher",
+    "class_agreement": "higher",
 }
 
 METRIC_LABELS = {
@@ -67,6 +71,7 @@ METRIC_LABELS = {
     "is_std": "IS std",
     "precision": "precision",
     "recall": "recall",
+    "class_agreement": "class agreement",
 }
 
 
@@ -464,3 +469,44 @@ def iterations_to_reach_mean_curve(
             }
         )
     return pd.DataFrame(out)
+
+
+class LowNoiseContrast(NamedTuple):
+    """Result of :func:`low_noise_contrast` (values in the unit of the curve)."""
+
+    low_mean: float  # mean over the lowest-noise fraction of the points
+    rest_mean: float  # mean over the other points
+    difference: float  # low_mean - rest_mean
+    stderr: float  # conservative standard error of the difference
+    z: float
+    p_one_sided: float  # P(difference this large | no excess at low noise)
+
+
+def low_noise_contrast(
+    unit: Sequence[float], values: Sequence[float], stderr: Sequence[float], fraction: float = 0.1
+) -> LowNoiseContrast:
+    """Is a per-timestep curve higher at low noise?  The mean over the ``fraction`` of the points nearest
+    the data end (smallest ``unit``) minus the mean over the rest, with a one-sided z-test.
+
+    The points of a curve estimated with common random numbers share their draws, so their errors are
+    correlated by an unknown amount.  The standard error of each block mean is therefore taken as the
+    mean of its points' standard errors (the value for perfectly correlated errors, the largest possible),
+    and the two blocks' errors are added (again the perfectly correlated case): the test is conservative.
+    """
+    unit, values, stderr = (np.asarray(v, dtype=np.float64) for v in (unit, values, stderr))
+    if not (unit.shape == values.shape == stderr.shape) or unit.ndim != 1:
+        raise ValueError(f"unit, values and stderr must be 1-D of one length, got {unit.shape}, "
+                         f"{values.shape}, {stderr.shape}")  # fmt: skip
+    keep = np.isfinite(unit) & np.isfinite(values) & np.isfinite(stderr)
+    if keep.sum() < 2:
+        raise ValueError(f"need at least two finite points, got {int(keep.sum())}")
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    order = np.argsort(unit[keep], kind="stable")
+    v, se = values[keep][order], stderr[keep][order]
+    cut = min(len(v) - 1, max(1, int(round(fraction * len(v)))))
+    low, rest = float(v[:cut].mean()), float(v[cut:].mean())
+    error = float(se[:cut].mean() + se[cut:].mean())
+    difference = low - rest
+    z = difference / error if error > 0 else math.copysign(math.inf, difference) if difference else 0.0
+    return LowNoiseContrast(low, rest, difference, error, z, float(sps.norm.sf(z)))

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .stats import better_direction, metric_label
 
-__all__ = ["format_mean_ci", "markdown_table", "results_table", "reach_table"]
+__all__ = ["format_mean_ci", "markdown_table", "results_table", "reach_table", "with_reference_row"]
 
 NA = "—"
 
@@ -131,6 +131,19 @@ def results_table(
                 for m, r in zip(methods, rows.itertuples(), strict=True)
             ]
     return table.astype(str)
+
+
+def with_reference_row(table: pd.DataFrame, name: str, values: Mapping[str, float]) -> pd.DataFrame:
+    """``table`` (from :func:`results_table`) with one more row, ``name``, holding a single measured value
+    per metric (e.g. the metrics of held-out real images: the floor every model is read against).  Cells
+    without a value (differences, metrics the row lacks) show ``—``; ``seeds`` shows ``—`` too."""
+    row = dict.fromkeys(table.columns, NA)
+    for metric, value in values.items():
+        column = metric_label(metric) + _arrow(metric)
+        if column in table.columns and value is not None and math.isfinite(float(value)):
+            row[column] = f"{float(value):.4g}"
+    extra = pd.DataFrame([row], index=pd.Index([name], name=table.index.name))
+    return pd.concat([table, extra]).astype(str)
 
 
 def reach_table(reach: pd.DataFrame) -> pd.DataFrame:
