@@ -38,6 +38,8 @@ CURVE_METRICS = ("fid", "class_agreement")
 FLOOR_NAME = "real data (floor)"
 # Fraction of the timesteps, from the low-noise end, compared with the rest in the KL finding.
 LOW_NOISE_FRACTION = 0.1
+# Fewest score-estimator pairs inside the first-order range for the low-noise contrast to be computed.
+MIN_SCORE_PAIRS = 10
 
 
 def _read_json(path: Path, writer: str) -> dict:
@@ -130,17 +132,21 @@ def kl_finding(kl: pd.DataFrame, score: pd.DataFrame | None) -> list[str]:
     else:
         contrast = report.low_noise_contrast(kl["unit"], kl["kl"], kl["kl_stderr"], LOW_NOISE_FRACTION)
         lines.append("- " + _contrast_sentence("Mixture estimate (no null available)", contrast))
-    if score is not None and len(score):
-        valid = score[score["kl_first_order_ok"]] if "kl_first_order_ok" in score else score
+    if score is None or not len(score):
+        lines.append("- Score estimator: not run (kl.score.source: none).")
+        return lines
+    valid = score[score["kl_first_order_ok"].astype(bool)]
+    name = f"Score estimator ({len(valid)} of {len(score)} pairs inside its first-order range)"
+    if len(valid) < MIN_SCORE_PAIRS:
+        lines.append(
+            f"- {name}: too few pairs for a test; the expansion in beta_t does not hold where the step is "
+            "not small against the noised data's variance in its thinnest directions."
+        )
+    else:
         contrast = report.low_noise_contrast(
             valid["unit"], valid["kl"], valid["kl_stderr"], LOW_NOISE_FRACTION
         )
-        lines.append(
-            "- "
-            + _contrast_sentence(
-                f"Score estimator ({len(valid)} of {len(score)} pairs inside its first-order range)", contrast
-            )
-        )
+        lines.append("- " + _contrast_sentence(name, contrast))
     return lines
 
 

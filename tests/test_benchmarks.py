@@ -122,3 +122,13 @@ def test_memory_estimate_counts_weights_optimiser_state_and_activations():
     # What the batch changes is the activations, in proportion.
     assert large["activations"] / small["activations"] == pytest.approx(2.0, rel=0.1)
     assert large["parameters + EMA"] == small["parameters + EMA"]
+
+
+def test_threads_per_job_compares_oversubscribed_and_granted_jobs():
+    out = run_benchmark(
+        "threads_per_job.py", "--jobs", "2", "--model", "DiT-tiny/4", "--steps", "3", "--rounds", "1"
+    )
+    (table,) = markdown_tables(out)
+    assert [row["threads per job"] for row in table][0] == "every core"
+    assert table[0]["speed-up vs every core"] == "1.00x"
+    assert all(number(row["steps/s per job"]) > 0 for row in table)

@@ -514,12 +514,18 @@ def plot_kl(
     if score is not None and len(score):
         _require_columns(score, [x, "kl"], "score")
         score = score.sort_values(x)
-        _kl_line(
-            ax, score[x].to_numpy(dtype=float), score, "kl", "#d62728", "score estimator (trained experts)"
-        )
+        score_x = score[x].to_numpy(dtype=float)
+        _kl_line(ax, score_x, score, "kl", "#d62728", "score estimator (trained experts)", marker=".")
+        if "kl_first_order_ok" in score and not score["kl_first_order_ok"].all():
+            outside = ~score["kl_first_order_ok"].to_numpy(dtype=bool)
+            label = f"score estimator outside its first-order range ({int(outside.sum())})"
+            values = score["kl"].to_numpy(dtype=float)
+            ax.plot(score_x[outside], values[outside], "x", color="#d62728", ms=7, label=label)
         shown.append(score["kl"].to_numpy(dtype=float))
     ax.set_yscale("symlog", linthresh=_symlog_threshold(np.concatenate(shown)))
     ax.axhline(0.0, color="black", lw=0.6)
+    if x == "t" and xs.min() > 0:
+        ax.set_xscale("log")  # the estimates change fastest near the data end
     ax.set_xlabel("timestep t" if x == "t" else "t / T (0 = data, 1 = noise)" if x == "unit" else x)
     ax.set_ylabel("KL (nats), symmetric log scale")
     ax.set_title(title)
@@ -541,13 +547,14 @@ def _class_grid(
     classes = sorted(int(v) for v in np.unique(labels) if v >= 0)
     if classes:
         cells = [np.flatnonzero(labels == k)[:per_class] for k in classes]
-        mosaic = np.zeros((per_class * h, len(classes) * w, c), dtype=np.uint8)
+        rows = max(len(cell) for cell in cells)
+        mosaic = np.zeros((rows * h, len(classes) * w, c), dtype=np.uint8)
         for col, rows in enumerate(cells):
             for row, i in enumerate(rows):
                 mosaic[row * h : (row + 1) * h, col * w : (col + 1) * w] = images[i]
         return mosaic, classes
     count = min(len(images), per_class * columns)
-    mosaic = np.zeros((per_class * h, columns * w, c), dtype=np.uint8)
+    mosaic = np.zeros((-(-count // columns) * h, columns * w, c), dtype=np.uint8)
     for i in range(count):
         row, col = divmod(i, columns)
         mosaic[row * h : (row + 1) * h, col * w : (col + 1) * w] = images[i]
