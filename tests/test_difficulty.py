@@ -483,3 +483,17 @@ def test_bad_clustering_input_is_rejected():
         cluster_intervals("difficulty", 2, schedule, pd.DataFrame({"t": [1], "kl": [1.0]}))
     with pytest.raises(ValueError, match="no positive difficulty"):
         cluster_intervals("difficulty", 2, schedule, kl_curve(np.zeros_like))
+
+
+def test_a_curve_still_falling_at_the_end_has_not_settled():
+    """A steady decline sits within 1 % of its own tail mean only inside that tail: no plateau, and an
+    onset pinned at ``start`` (flat within the noise from the first step looked at) is censored."""
+    steps = np.arange(1, 201, dtype=float)
+    falling = 1.0 - 0.002 * steps
+    assert math.isnan(plateau_step(steps, falling, tolerance=0.01))
+    rng = np.random.default_rng(0)
+    flat_noisy = 0.1 + 0.01 * rng.standard_normal(200)
+    table = convergence_table(
+        {1: pd.DataFrame({"step": steps, "loss": flat_noisy})}, Intervals.uniform(1), start=100
+    )
+    assert math.isnan(table["oscillation_onset"].iloc[0])

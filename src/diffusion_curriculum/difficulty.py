@@ -276,7 +276,8 @@ def plateau_step(
     w moves an exponential decay with time constant tau later by about w^2 / (24 tau).  With per-step
     noise sigma the smoothed loss wanders by about sigma / sqrt(w): a band much narrower than a few of
     those is left now and then however long the run, and the step comes late or not at all.  NaN when
-    even the last step is outside the band (the curve has not settled within the run).  For a plateau
+    the smoothed loss enters the band for good only inside the last ``final_fraction`` of the run (the
+    stretch that defines the plateau), or never: the curve has not settled within the run.  For a plateau
     at 0 the relative band is empty: pass ``atol``.
     """
     steps, losses = _curve_arrays(steps, losses)
@@ -289,7 +290,12 @@ def plateau_step(
     if outside.size == 0:
         return float(grid[0])
     first_settled = int(outside[-1]) + 1
-    return float(grid[first_settled]) if first_settled < grid.size else math.nan
+    # Settling only inside the tail that defines the plateau is no evidence of a plateau: every curve's
+    # last steps lie near their own mean.
+    tail_start = grid[-1] - final_fraction * (grid[-1] - grid[0])
+    if first_settled >= grid.size or grid[first_settled] > tail_start:
+        return math.nan
+    return float(grid[first_settled])
 
 
 def _curves_by_interval(curves) -> dict[int, pd.DataFrame]:
@@ -324,7 +330,8 @@ def convergence_table(
     measures.  Columns of the result:
 
     * ``interval``, ``unit_low``, ``unit_high``  the interval and its cell [unit_low, unit_high) of u,
-    * ``increases_after_start``, ``oscillation_onset``  :func:`oscillation_onset` (count and step),
+    * ``increases_after_start``, ``oscillation_onset``  :func:`oscillation_onset` (count and step; NaN
+      where the onset is ``start`` itself: censored, the loss was already flat within its noise there),
     * ``plateau_step``  :func:`plateau_step`,
     * ``final_loss``  the plateau level: mean loss over the last ``final_fraction`` of the steps,
     * ``settled``  whether ``plateau_step`` is finite (the loss settled within the run).
@@ -362,7 +369,9 @@ def convergence_table(
                 "unit_low": intervals.unit_edges[i - 1],
                 "unit_high": intervals.unit_edges[i],
                 "increases_after_start": osc.increases,
-                "oscillation_onset": osc.onset,
+                # An onset at ``start`` is censored (the loss was flat within its noise from the first
+                # step looked at): it orders nothing, so it is not a measurement.
+                "oscillation_onset": osc.onset if osc.onset > start else math.nan,
                 "plateau_step": plateau,
                 "final_loss": _StepCurve.of(steps, losses).tail_mean(final_fraction),
                 "settled": math.isfinite(plateau),
