@@ -66,6 +66,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reference", required=True, help="reference.npz written by fid_ref")
     ap.add_argument("--feature-net", required=True, help="feature_net.pt written by feature_net")
     ap.add_argument("--out", required=True, help="the metrics JSON to write")
+    ap.add_argument(
+        "--bootstrap",
+        type=int,
+        default=0,
+        help="resamples for percentile intervals of FID, KID and class agreement (0: none); the floor "
+        "has no seeds to give it an interval, so its rule asks for them",
+    )
     args = ap.parse_args(argv)
     cfg = params.sections(args.params, "features", "evaluate")
     features, evaluation = cfg["features"], cfg["evaluate"]
@@ -88,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         kid_subset_size=evaluation["kid_subset_size"],
         seed=evaluation["seed"],
         requested_labels=requested,
+        bootstrap=args.bootstrap,
     )
     record = {
         **{name: float(value) for name, value in scores.items()},

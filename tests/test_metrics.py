@@ -216,3 +216,32 @@ def test_evaluate_says_why_class_agreement_is_missing():
     assert got is None and "features.extractor" in why
     got, why = agreement_labels(np.array([0, 12]), Domain())
     assert got is None and "class 12" in why
+
+
+def test_bootstrap_intervals_hold_the_estimate_and_shrink_with_the_sample_count():
+    """The floor's interval: it holds the estimate, narrows with four times the images (FID of two samples
+    of one distribution is a quadratic statistic, so its spread falls like 1/N, not 1/sqrt(N)), and for
+    class agreement it is close to the binomial interval 1.96 sqrt(p (1 - p) / N)."""
+    from diffusion_curriculum.metrics import bootstrap_intervals, feature_stats, frechet_distance
+
+    rng = np.random.default_rng(0)
+    real = rng.standard_normal((4000, 8))
+    mu, sigma = feature_stats(real)
+    reference = {"mu": mu, "sigma": sigma, "features": real}
+    widths = []
+    for n in (250, 1000):
+        fake = rng.standard_normal((n, 8))
+        requested = np.arange(n) % 4
+        correct = rng.random(n) < 0.8
+        probs = np.eye(4)[np.where(correct, requested, (requested + 1) % 4)]
+        got = bootstrap_intervals(fake, reference, 100, seed=1, agreement=(probs, requested), kid_subsets=1,
+                                  kid_subset_size=200)  # fmt: skip
+        fid = frechet_distance(mu, sigma, *feature_stats(fake))
+        assert got["fid_low"] <= fid <= got["fid_high"]
+        p = correct.mean()
+        binomial = 1.96 * np.sqrt(p * (1 - p) / n)
+        half = (got["class_agreement_high"] - got["class_agreement_low"]) / 2
+        assert abs(half - binomial) < 0.25 * binomial, (half, binomial)
+        assert got["kid_low"] < got["kid_high"]
+        widths.append(got["fid_high"] - got["fid_low"])
+    assert widths[1] < 0.6 * widths[0], widths

@@ -81,5 +81,5 @@ rule evaluate_floor:
         sections=sections("features", "evaluate"),
     shell:
         "python -m stages.evaluate --params {params.file} --threads {threads} --samples {input.samples}"
-        " --reference {input.reference} --feature-net {input.feature_net}"
+        " --reference {input.reference} --feature-net {input.feature_net} --bootstrap 200"
         " --out {output.metrics} > {log} 2>&1"

@@ -195,6 +195,7 @@ def plot_metric_vs_iterations(
     confidence: float = 0.95,
     baseline: str | None = "vanilla",
     floor: Mapping[str, float] | None = None,
+    floor_interval: Mapping[str, tuple[float, float]] | None = None,
     log_y: bool = False,
     title: str | None = None,
 ) -> Path:
@@ -205,7 +206,8 @@ def plot_metric_vs_iterations(
     wherever at least two seeds have the snapshot (no band where there is one: no spread is invented; the
     legend says how many seeds each method has).  A dotted horizontal line marks the ``baseline``'s
     final mean (the target of :func:`~diffusion_curriculum.report.stats.iterations_to_reach`); a dashed
-    grey line marks ``floor[metric]``, the metric on held-out real images (what a perfect model scores).
+    grey line marks ``floor[metric]``, the metric on held-out real images (what a perfect model scores),
+    with a grey band over ``floor_interval[metric]`` (its sampling interval) where given.
 
     Raises:
         ValueError: a column is missing or the table has no finite value for any requested metric (the
@@ -223,7 +225,8 @@ def plot_metric_vs_iterations(
     for k, name in enumerate(shown):
         ax = fig.add_subplot(1, len(shown), k + 1)
         panel = finite[finite["metric"] == name]
-        _metric_panel(ax, panel, name, confidence, baseline, (floor or {}).get(name))
+        band = (floor_interval or {}).get(name)
+        _metric_panel(ax, panel, name, confidence, baseline, (floor or {}).get(name), band)
         if log_y:
             ax.set_yscale("log")
         if len(shown) == 1 and title:
@@ -234,7 +237,13 @@ def plot_metric_vs_iterations(
 
 
 def _metric_panel(
-    ax: Any, rows: pd.DataFrame, metric: str, confidence: float, baseline: str | None, floor: float | None
+    ax: Any,
+    rows: pd.DataFrame,
+    metric: str,
+    confidence: float,
+    baseline: str | None,
+    floor: float | None,
+    floor_band: tuple[float, float] | None,
 ) -> None:
     label = metric_label(metric)
     per_method = {
@@ -269,6 +278,8 @@ def _metric_panel(
         )
     if floor is not None and math.isfinite(floor):
         ax.axhline(floor, color="#888888", ls="--", lw=1.4, label=f"real data, floor ({floor:.4g})")
+        if floor_band is not None:
+            ax.axhspan(*floor_band, color="#888888", alpha=0.15, lw=0)
     direction = better_direction(metric)
     ax.set_ylabel(label + (f" ({direction} is better)" if direction else ""))
     _iteration_axis(ax)

@@ -133,15 +133,24 @@ def results_table(
     return table.astype(str)
 
 
-def with_reference_row(table: pd.DataFrame, name: str, values: Mapping[str, float]) -> pd.DataFrame:
+def with_reference_row(
+    table: pd.DataFrame,
+    name: str,
+    values: Mapping[str, float],
+    intervals: Mapping[str, tuple[float, float]] | None = None,
+) -> pd.DataFrame:
     """``table`` (from :func:`results_table`) with one more row, ``name``, holding a single measured value
-    per metric (e.g. the metrics of held-out real images: the floor every model is read against).  Cells
-    without a value (differences, metrics the row lacks) show ``—``; ``seeds`` shows ``—`` too."""
+    per metric (e.g. the metrics of held-out real images: the floor every model is read against), with
+    its interval ``[low, high]`` where ``intervals`` has one.  Cells without a value (differences, metrics
+    the row lacks) show ``—``; ``seeds`` shows ``—`` too."""
     row = dict.fromkeys(table.columns, NA)
     for metric, value in values.items():
         column = metric_label(metric) + _arrow(metric)
         if column in table.columns and value is not None and math.isfinite(float(value)):
             row[column] = f"{float(value):.4g}"
+            if intervals and metric in intervals:
+                low, high = intervals[metric]
+                row[column] += f" [{low:.4g}, {high:.4g}]"
     extra = pd.DataFrame([row], index=pd.Index([name], name=table.index.name))
     return pd.concat([table, extra]).astype(str)
 
