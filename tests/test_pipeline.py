@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import run_cli
 
 CLUSTERS = 4  # configs/smoke.yaml
-REPORT_FIGURES = ("fid_vs_iterations", "loss_bins", "curriculum_timeline", "kl", "convergence")
+REPORT_FIGURES = ("fid_vs_iterations", "samples", "loss_bins", "curriculum_timeline", "kl", "convergence")
 
 pytestmark = pytest.mark.e2e
 
@@ -48,6 +48,7 @@ def _check_outputs(root):
             assert scores["step"] == step and scores["num_samples"] == 20
             for name in ("fid", "kid", "is_mean", "precision", "recall"):
                 assert math.isfinite(scores[name]), (method, step, name)
+            assert 0 <= scores["class_agreement"] <= 1 and "class_agreement_skipped" not in scores
         # A finished run leaves no resumable state behind.
         assert not (root / "checkpoints/train" / method / "seed0").exists()
     # vanilla has no stages; dtd (tau_max 0) climbs through several clusters, easiest first, and the
@@ -74,8 +75,18 @@ def _check_observational_study(root):
         assert math.isfinite(stitched["fid"])
     convergence = pd.read_parquet(root / "results/convergence/convergence.parquet")
     assert convergence["interval"].tolist() == list(range(1, CLUSTERS + 1))
+    assert convergence["settled"].dtype == bool
     kl = pd.read_parquet(root / "results/kl/kl.parquet")
-    assert len(kl) == 999 and np.isfinite(kl["kl"]).all()
+    assert len(kl) == 999 and np.isfinite(kl[["kl", "kl_null", "kl_null_exact"]].to_numpy()).all()
+    # The null's own-component term dominates at t = 1 although the reference's true KL there is tiny.
+    assert kl["kl_null"].iloc[0] > 100 * kl["kl_null_exact"].iloc[0]
+    score = pd.read_parquet(root / "results/kl/kl_score.parquet")
+    assert len(score) == 8 and (score["t"] - score["t_prev"] == 1).all()  # kl.score.grid_points
+    assert score["t"].iloc[0] == 1 and set(score["expert"]) <= set(range(1, CLUSTERS + 1))
+    assert np.isfinite(score["kl"]).all()
+    floor = json.loads((root / "results/metrics/floor.json").read_text())
+    assert floor["num_samples"] == 20 and floor["fid_low"] <= floor["fid"] <= floor["fid_high"]
+    assert floor["class_agreement_low"] <= floor["class_agreement"] <= floor["class_agreement_high"]
     curriculum = json.loads((root / "results/curriculum/curriculum.json").read_text())
     assert curriculum["rule"] == "uniform" and curriculum["order_easy_to_hard"] == [3, 2, 1, 0]
     features = json.loads((root / "results/features/feature_net.json").read_text())
@@ -89,8 +100,11 @@ def _check_report(root):
     assert set(final_fid.index) == {"vanilla", "dtd"} and np.isfinite(final_fid).all()
     headline = json.loads((out / "metrics.json").read_text())
     assert math.isfinite(headline["dtd"]["fid"]) and headline["vanilla"]["fid_diff_vs_baseline"] == 0
-    assert "| dtd" in (out / "summary.md").read_text()
-    assert "Spearman" in (out / "findings.md").read_text()
+    summary_md = (out / "summary.md").read_text()
+    assert "| dtd" in summary_md and "| real data (floor)" in summary_md
+    assert headline["floor"]["fid"] is not None and "class_agreement" in headline["vanilla"]
+    findings = (out / "findings.md").read_text()
+    assert "intervals settled" in findings and "null" in findings and "Score estimator" in findings
     html = (out / "report.html").read_text()
     for name in REPORT_FIGURES:
         with Image.open(out / f"{name}.png") as image:
