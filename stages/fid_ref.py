@@ -4,9 +4,10 @@ Writes ``reference.npz`` (``mu``, ``sigma`` and the ``features`` that KID and pr
 the extractor's name), ``reference.json`` (what went in) and ``floor.npz``: as many held-out real images
 as a sample set has (``sample.num_samples``), with their labels, in the layout of ``samples.npz``.
 Scored like samples (``evaluate_floor``), they give every metric's floor: what the metric reads for real
-data at this sample count.  The floor images are left out of the reference statistics and, with the
-domain extractor, come from the split its classifier never trained on, so neither the statistics nor
-the class agreement have seen them.  This stage reads ``features`` and ``sample.num_samples`` only.
+data at this sample count.  The floor images are left out of the reference statistics; with the domain
+extractor both come from the split its classifier never trained on (:func:`split_real_images`), so
+neither the statistics nor the class agreement have seen them.  This stage reads ``features`` and
+``sample.num_samples`` only.
 """
 
 from __future__ import annotations
@@ -23,23 +24,34 @@ from . import _cli, _features, gpu, params
 REFERENCE_SUBSET_SEED = 0  # the same real images every time, whatever other seeds say
 
 
-def floor_indices(num_images: int, num_floor: int, held_out: np.ndarray | None) -> np.ndarray:
-    """Rows of the prepared images that form the floor set: the first ``num_floor`` of the classifier's
-    held-out split, or (no classifier) of a fixed random permutation."""
-    if held_out is not None:
-        if num_floor > len(held_out):
-            raise params.ParamsError(
-                f"sample.num_samples = {num_floor} exceeds the {len(held_out)} real images the domain "
-                "classifier held out (features.domain.test_fraction); the floor needs as many unseen real "
-                "images as a sample set has: raise test_fraction or lower sample.num_samples"
-            )
-        return np.asarray(held_out[:num_floor], dtype=np.int64)
-    if num_floor >= num_images:
-        raise params.ParamsError(
-            f"sample.num_samples = {num_floor} leaves no real images for the reference statistics "
-            f"({num_images} prepared images); lower sample.num_samples"
+def split_real_images(
+    num_images: int, num_floor: int, held_out: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the prepared images for the floor set and for the reference statistics, disjoint.
+
+    With a domain classifier both come from the split it never trained on: its features of the images it
+    was fit to are not those of new images (tighter, more confident), so statistics of seen images would
+    read every new image -- a sample or a held-out real one -- as farther from the data than it is.
+    Without a classifier: a fixed random permutation of all images.  The floor keeps the split's random
+    order (metrics that read contiguous chunks, like IS, see mixed classes, as in a sample set).
+    """
+    pool = (
+        np.asarray(held_out, dtype=np.int64)
+        if held_out is not None
+        else np.random.default_rng(REFERENCE_SUBSET_SEED).permutation(num_images)
+    )
+    if len(pool) < 2 * num_floor:
+        where = (
+            f"the {len(pool)} real images the domain classifier held out (features.domain.test_fraction)"
+            if held_out is not None
+            else f"the {num_images} prepared images"
         )
-    return np.random.default_rng(REFERENCE_SUBSET_SEED).permutation(num_images)[:num_floor]
+        raise params.ParamsError(
+            f"sample.num_samples = {num_floor}: the floor needs as many unseen real images as a sample set "
+            f"has, and the reference statistics at least as many again, but {where} are fewer than "
+            f"{2 * num_floor}; raise test_fraction or lower sample.num_samples"
+        )
+    return pool[:num_floor], np.sort(pool[num_floor:])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,10 +69,9 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"{args.data} holds {dataset.kind}; reference statistics need pixel images")
     record = _features.load_feature_net(args.feature_net)
     held_out = record["held_out"].numpy() if record.get("trained") else None
-    floor_rows = np.sort(floor_indices(len(dataset), num_floor, held_out))
-    rest = np.setdiff1d(np.arange(len(dataset)), floor_rows)
+    floor_rows, reference_rows = split_real_images(len(dataset), num_floor, held_out)
     floor = dataset.select(floor_rows)
-    real = data.subset(dataset.select(rest), cfg["reference_images"], seed=REFERENCE_SUBSET_SEED)
+    real = data.subset(dataset.select(reference_rows), cfg["reference_images"], seed=REFERENCE_SUBSET_SEED)
     extractor = _features.build_extractor(cfg, args.feature_net, device)
     stats = metrics.reference_stats(real.images, extractor, batch_size=cfg["batch_size"])
 

@@ -137,3 +137,18 @@ def resolve_device(name: str) -> str:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ParamsError(f"device {name!r} requested but CUDA is not available; use 'auto' or 'cpu'")
     return name
+
+
+def resolve_bf16(precision: str, device: str) -> bool:
+    """Whether a stage runs its network under bf16 autocast: ``precision`` bf16 / fp32 as given; ``auto``
+    on CUDA and on CPUs with AMX bf16 tiles, where oneDNN's bf16 kernels beat fp32 (on other CPUs bf16 is
+    emulated and slower than fp32)."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.startswith("cuda"):
+        return True
+    import torch
+
+    # A private probe (torch.cpu has no public one); a torch without it gets the safe answer, fp32.
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe()) if probe is not None else False

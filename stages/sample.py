@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     if cfg["sampler"] == "ddpm":
         sampler_kwargs["variance"] = cfg["ddpm_variance"]
 
+    bf16 = params.resolve_bf16(cfg["precision"], device)
     chunks, label_chunks = [], []
     n_total = cfg["num_samples"]
     for start in range(0, n_total, cfg["batch_size"]):
@@ -135,8 +136,9 @@ def main(argv: list[str] | None = None) -> None:
             y = (torch.arange(start, start + n, device=device) % num_classes) if num_classes else None
         x0_fn = samplers.guided_x0_fn(denoiser, y, scale=cfg["cfg_scale"])
         noise = torch.randn((n, *shape), generator=generator, device=device)
-        # The network runs in bf16 on GPUs (as in training); the sampler's own arithmetic stays fp32.
-        with torch.autocast("cuda", torch.bfloat16, enabled=device.startswith("cuda")):
+        # The network runs in bf16 where sample.precision says so (auto: GPUs and CPUs with AMX, as in
+        # training); the sampler's own arithmetic stays fp32.
+        with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16):
             x = samplers.sample(
                 x0_fn,
                 schedule,

@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint_every=train_cfg["checkpoint_every"],
         seed=args.seed,
         device=device,
+        bf16=params.resolve_bf16(train_cfg["precision"], device),
         fingerprint=fingerprint,
         compile=train_cfg["compile"],
         snapshot_steps=train_cfg["snapshots"],

@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint_every=max(experts["iterations"] // 4, 1),
         seed=experts["seed"],
         device=device,
+        bf16=params.resolve_bf16(experts["precision"], device),
         fingerprint=fingerprint,
     )
     out = Path(args.out_dir)
