@@ -16,8 +16,9 @@ eps-prediction.  Paths, all training the same network object in one run:
   ``train.py``).
 * ``vanilla`` / ``dtd``: the real ``diffusion_curriculum.training.train_loop`` with the ``vanilla`` and
   the ``dtd`` strategy (N = 20 uniform clusters, tau_max = 200): bf16 autocast on CUDA (fp32 on CPU, its
-  default), fused AdamW on CUDA, no host synchronisation inside a step (log rows and checkpoints are
-  pushed past the end of the timed steps).
+  default; ``--bf16`` turns it on, as the stages' ``precision: auto`` does on CPUs with AMX), fused
+  AdamW, no host synchronisation inside a step (log rows and checkpoints are pushed past the end of the
+  timed steps).
 * ``... +compile``: the same with ``train_loop(compile=...)`` (``torch.compile``, inductor; ``--tiny``
   uses the ``aot_eager`` backend so that the CPU check stays short -- its timings say nothing about
   inductor).
@@ -111,6 +112,13 @@ def parse_args() -> argparse.Namespace:
     )
     ap.add_argument("--largest-dit", action="store_true", help="find the largest DiT-*/2 that fits the batch")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
+    ap.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast in the project's paths (default: on CUDA; the stages' precision: auto also "
+        "turns it on for CPUs with AMX)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if min(args.rounds, args.warmup, args.windows, args.window_steps) < 1:
@@ -233,6 +241,7 @@ class Bench:
                     on_snapshot=lambda step, _net, _ema: mark(step),
                     progress=False,
                     compile=compile,
+                    bf16=self.args.bf16,
                 )
 
         return self._timed(run)

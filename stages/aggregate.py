@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from diffusion_curriculum import report
-from diffusion_curriculum.difficulty import convergence_trend
+from diffusion_curriculum.difficulty import NOT_CONVERGED, convergence_trend
 from diffusion_curriculum.io import atomic_path, atomic_write_json, atomic_write_text
 
 from . import _cli, params
@@ -80,17 +80,26 @@ def collect_run_tables(train_dir: Path, methods, seeds) -> dict[str, pd.DataFram
 
 def convergence_finding(convergence: pd.DataFrame) -> list[str]:
     """Does a lower-noise interval converge later (the paper's appendix B)?  Spearman's rho between the
-    interval number (1 = lowest noise) and each convergence measure (the claim predicts rho < 0), only
-    when enough intervals settled (:func:`diffusion_curriculum.difficulty.convergence_trend`)."""
+    interval number (1 = lowest noise) and each convergence measure (the claim predicts rho < 0), read
+    only when at least three quarters of the experts settled on a plateau: the step at which an expert
+    that is still falling stops falling measurably is no convergence point
+    (:func:`diffusion_curriculum.difficulty.convergence_trend`)."""
+    total, settled = len(convergence), int(convergence["settled"].sum())
+    plateau = convergence_trend(convergence, "plateau_step")
+    if plateau.verdict == NOT_CONVERGED:
+        return [
+            f"- {settled} of {total} experts settled on a plateau (within `convergence.tolerance` of the "
+            f"mean of their last steps): {NOT_CONVERGED}; no trend of either measure is read."
+        ]
     lines = []
     for column, label in (("oscillation_onset", "oscillation onset"), ("plateau_step", "plateau step")):
         trend = convergence_trend(convergence, column)
-        settled = f"{trend.settled} of {trend.intervals} intervals settled"
+        measured = f"{trend.settled} of {trend.intervals} intervals have one"
         if math.isnan(trend.rho):
-            lines.append(f"- {label}: {settled}: {trend.verdict}.")
+            lines.append(f"- {label}: {measured}: {trend.verdict}.")
         else:
             lines.append(
-                f"- {label}: {settled}; Spearman rho(interval, step) = {trend.rho:+.2f} "
+                f"- {label}: {measured}; Spearman rho(interval, step) = {trend.rho:+.2f} "
                 f"(p = {trend.p:.2g}): {trend.verdict}."
             )
     return lines
@@ -135,8 +144,11 @@ def kl_finding(kl: pd.DataFrame, score: pd.DataFrame | None) -> list[str]:
     if score is None or not len(score):
         lines.append("- Score estimator: not run (kl.score.source: none).")
         return lines
-    valid = score[score["kl_first_order_ok"].astype(bool)]
-    name = f"Score estimator ({len(valid)} of {len(score)} pairs inside its first-order range)"
+    valid = score[score["kl_first_order_ok"].astype(bool) & score["score_consistent"].astype(bool)]
+    name = (
+        f"Score estimator ({len(valid)} of {len(score)} pairs both inside its first-order range and with a "
+        "consistent score, E[g] = 0 within 3 standard errors)"
+    )
     if len(valid) < MIN_SCORE_PAIRS:
         lines.append(
             f"- {name}: too few pairs for a test; the expansion in beta_t does not hold where the step is "

@@ -7,7 +7,8 @@ beta_t^2 / 8 E[(D + x.s + div s + |s|^2)^2] (:mod:`diffusion_curriculum.kl_score
 for ``kl.score.grid_points`` timesteps t spaced geometrically from 1 (the curve changes fastest near the
 data); continuous schedules: that many midpoints of the unit interval.  With ``kl.score.source: none``
 nothing is estimated and the table is empty (the graph stays the same).  Writes ``kl_score.parquet``
-(``t``, ``t_prev``, ``unit``, ``kl``, ``kl_stderr``, ``kl_first_order_ok``, ``expert``; nats).
+(``t``, ``t_prev``, ``unit``, ``kl``, ``kl_stderr``, ``kl_first_order_ok``, ``g_mean``,
+``g_mean_stderr``, ``score_consistent``, ``expert``; nats).
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ from diffusion_curriculum.schedules import broadcast_to
 from . import _cli, gpu, params
 from .sample import load_denoiser
 
-COLUMNS = ["t", "t_prev", "unit", "kl", "kl_stderr", "kl_first_order_ok", "expert"]
+COLUMNS = [
+    "t", "t_prev", "unit", "kl", "kl_stderr", "kl_first_order_ok", "g_mean", "g_mean_stderr",
+    "score_consistent", "expert",
+]  # fmt: skip
 
 
 def score_pairs(schedule, grid_points: int) -> list[tuple]:
@@ -119,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"estimate_kl_score: {len(result)} pairs, M = {score_cfg['num_samples']}, "
         f"{int(result['kl_first_order_ok'].sum())} inside the first-order range, "
+        f"{int(result['score_consistent'].sum())} with a consistent score, "
         f"{time.perf_counter() - started:.1f} s on {device} -> {out}"
     )
 

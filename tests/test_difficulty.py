@@ -248,16 +248,29 @@ def test_trend_needs_enough_intervals_settled():
 
 
 def test_convergence_finding_says_how_many_intervals_settled():
+    """An onset on every expert, but only 4 of 20 settled on a plateau (as in the default run): no trend
+    of either measure is read, because an expert still falling has no convergence point."""
     onset = np.linspace(1500, 400, 20)
     plateau = np.full(20, np.nan)
     plateau[-4:] = [900.0, 800.0, 700.0, 600.0]
-    lines = convergence_finding(
-        pd.DataFrame({"interval": range(1, 21), "oscillation_onset": onset, "plateau_step": plateau})
+    table = pd.DataFrame(
+        {
+            "interval": range(1, 21),
+            "oscillation_onset": onset,
+            "plateau_step": plateau,
+            "settled": ~np.isnan(plateau),
+        }
     )
+    lines = convergence_finding(table)
+    assert lines == [
+        "- 4 of 20 experts settled on a plateau (within `convergence.tolerance` of the mean of their last "
+        "steps): not converged at this budget; no trend of either measure is read."
+    ]
+    plateau[:14] = np.linspace(2000, 1000, 14)  # 18 of 20 settled: both trends are read
+    lines = convergence_finding(table.assign(plateau_step=plateau, settled=~np.isnan(plateau)))
     assert len(lines) == 2
-    assert "oscillation onset: 20 of 20 intervals settled" in lines[0]
-    assert "as the paper reports" in lines[0]
-    assert lines[1] == "- plateau step: 4 of 20 intervals settled: not converged at this budget."
+    assert "oscillation onset: 20 of 20 intervals have one" in lines[0] and "as the paper reports" in lines[0]
+    assert "plateau step: 18 of 20 intervals have one" in lines[1]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -39,7 +39,10 @@ from diffusion_curriculum.kl_score import (
 )
 from diffusion_curriculum.schedules import make_schedule
 
-COLUMNS = ["t", "t_prev", "unit", "kl", "kl_stderr", "kl_first_order_ok"]
+COLUMNS = [
+    "t", "t_prev", "unit", "kl", "kl_stderr", "kl_first_order_ok",
+    "g_mean", "g_mean_stderr", "score_consistent",
+]  # fmt: skip
 VP_TIMES = (1, 10, 100, 500)
 
 
@@ -86,7 +89,7 @@ def test_gaussian_data_matches_closed_form_vp(dim, num_samples):
     for t in VP_TIMES:
         row = one_pair(score, data, schedule, t - 1, t, num_samples, seed=1, batch_size=num_samples)
         ref = gaussian_kl(mu, var, schedule, [t - 1, t])[0]
-        assert row.kl_first_order_ok
+        assert row.kl_first_order_ok and row.score_consistent
         assert abs(row.kl / ref - 1) < 0.10, (dim, t, row.kl, ref)
         assert row.kl_stderr / ref < 0.035  # the 10 % is >= 3 standard errors
 
@@ -392,3 +395,22 @@ def test_mixture_density_and_score_against_torch_distributions():
         gaussian_mixture_score(means, variances[:, :2], weights, schedule)
     with pytest.raises(ValueError, match="weights"):
         gaussian_mixture_score(means, variances, -weights, schedule)
+
+
+def test_consistency_check_flags_a_wrong_score():
+    """E[g] = 0 for the true score; a model error shifts it (at the Gaussian end by beta/2 E|e|^2) and
+    inflates the KL, and the check says so while the exact score passes it."""
+    schedule = make_schedule("vp")
+    mu, var, data = gaussian_problem(16, 4000, seed=3)
+    exact = gaussian_mixture_score(mu[None], var[None], torch.ones(1), schedule)
+
+    def off_by_a_little(x, t):
+        return exact(x, t) + 0.3
+
+    rows = {
+        name: one_pair(fn, data, schedule, 899, 900, 4000, seed=4, batch_size=4000)
+        for name, fn in (("exact", exact), ("wrong", off_by_a_little))
+    }
+    assert rows["exact"].score_consistent and not rows["wrong"].score_consistent
+    assert rows["wrong"].g_mean > 5 * rows["wrong"].g_mean_stderr
+    assert rows["wrong"].kl > 2 * rows["exact"].kl

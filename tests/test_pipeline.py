@@ -104,7 +104,7 @@ def _check_report(root):
     assert "| dtd" in summary_md and "| real data (floor)" in summary_md
     assert headline["floor"]["fid"] is not None and "class_agreement" in headline["vanilla"]
     findings = (out / "findings.md").read_text()
-    assert "intervals settled" in findings and "null" in findings and "Score estimator" in findings
+    assert "settled on a plateau" in findings and "null" in findings and "Score estimator" in findings
     html = (out / "report.html").read_text()
     for name in REPORT_FIGURES:
         with Image.open(out / f"{name}.png") as image:

@@ -54,6 +54,8 @@ ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # rms(g) < 0.5  <=>  mean(g1 g2) < 0.25
 _MAX_MEAN_SQUARE_G = 0.25
+# |mean g| within this many standard errors of 0: the score passes the consistency check.
+SCORE_CONSISTENCY_Z = 3.0
 
 
 def estimate_kl_score(
@@ -86,8 +88,12 @@ def estimate_kl_score(
 
     Returns:
         DataFrame, one row per pair: ``t`` (the later time), ``t_prev``, ``unit`` (``schedule.to_unit(t)``),
-        ``kl`` (nats), ``kl_stderr`` (Monte-Carlo standard error) and ``kl_first_order_ok`` (see the module
-        docstring).
+        ``kl`` (nats), ``kl_stderr`` (Monte-Carlo standard error), ``kl_first_order_ok`` (see the module
+        docstring), ``g_mean`` and ``g_mean_stderr`` (the mean of g over the samples) and
+        ``score_consistent``: ``|g_mean| <= 3 g_mean_stderr``.  For the true score E[g] = 0 exactly
+        (integration by parts), whereas an error e in the score shifts it -- at the Gaussian end of VP by
+        beta/2 E|e|^2, a bias that also enters ``kl`` -- so pairs that fail the check read the model's
+        error more than the data.
     """
     if not callable(score_fn):
         raise ValueError(f"score_fn must be callable, got {type(score_fn).__name__}")
@@ -132,16 +138,19 @@ def estimate_kl_score(
     probes = (2 * probes - 1).to(device)
 
     times_dev = times.to(device)
-    kl, stderr, ok = [], [], []
+    kl, stderr, ok, g_mean, g_stderr = [], [], [], [], []
     for p in range(len(deltas)):
-        prods = []
+        prods, means = [], []
         for b0 in range(0, num_samples, batch_size):
             b1 = min(b0 + batch_size, num_samples)
             x = alpha[p].item() * ys[idx[b0:b1]] + sigma[p].item() * eps[b0:b1]
             t_batch = times_dev[p].expand(b1 - b0)
             g = relative_density_change(score_fn, x, t_batch, deltas[p], gammas[p], probes[:, b0:b1])
             prods.append(g[0] * g[1])
-        prod = torch.cat(prods)
+            means.append(0.5 * (g[0] + g[1]))
+        prod, mean_g = torch.cat(prods), torch.cat(means)
+        g_mean.append(mean_g.mean().item())
+        g_stderr.append(mean_g.std().item() / math.sqrt(num_samples))
         mean_square = prod.mean().item()
         kl.append(0.5 * mean_square)
         stderr.append(0.5 * prod.std().item() / math.sqrt(num_samples))
@@ -154,6 +163,11 @@ def estimate_kl_score(
             "kl": kl,
             "kl_stderr": stderr,
             "kl_first_order_ok": ok,
+            "g_mean": g_mean,
+            "g_mean_stderr": g_stderr,
+            "score_consistent": [
+                abs(m) <= SCORE_CONSISTENCY_Z * e for m, e in zip(g_mean, g_stderr, strict=True)
+            ],
         }
     )
 

@@ -500,7 +500,9 @@ def plot_kl(
     * ``kl_null`` (optional): the same estimator, same D, L, M and draws, on data-free reference data (an
       isotropic Gaussian with the data's variance) -- the part of ``kl`` that the estimator makes whatever
       the data are; ``kl_null_exact`` (optional): the reference's true KL;
-    * ``score`` (optional table with ``t``/``unit``, ``kl``, ``kl_stderr``): the score-based estimator.
+    * ``score`` (optional table with ``t``/``unit``, ``kl``, ``kl_stderr``): the score-based estimator;
+      pairs outside its first-order range (``kl_first_order_ok`` False) get a cross, pairs whose score
+      fails the consistency check (``score_consistent`` False) an open circle.
 
     ``x`` is ``"t"`` (the timestep) or ``"unit"`` (t mapped to [0, 1]).  KL values are in nats.
     """
@@ -527,11 +529,15 @@ def plot_kl(
         score = score.sort_values(x)
         score_x = score[x].to_numpy(dtype=float)
         _kl_line(ax, score_x, score, "kl", "#d62728", "score estimator (trained experts)", marker=".")
+        values = score["kl"].to_numpy(dtype=float)
         if "kl_first_order_ok" in score and not score["kl_first_order_ok"].all():
             outside = ~score["kl_first_order_ok"].to_numpy(dtype=bool)
             label = f"score estimator outside its first-order range ({int(outside.sum())})"
-            values = score["kl"].to_numpy(dtype=float)
             ax.plot(score_x[outside], values[outside], "x", color="#d62728", ms=7, label=label)
+        if "score_consistent" in score and not score["score_consistent"].all():
+            wrong = ~score["score_consistent"].to_numpy(dtype=bool)
+            label = f"score estimator with an inconsistent score, E[g] ≠ 0 ({int(wrong.sum())})"
+            ax.plot(score_x[wrong], values[wrong], "o", mfc="none", color="#d62728", ms=8, label=label)
         shown.append(score["kl"].to_numpy(dtype=float))
     ax.set_yscale("symlog", linthresh=_symlog_threshold(np.concatenate(shown)))
     ax.axhline(0.0, color="black", lw=0.6)
