@@ -30,7 +30,7 @@ SNAKEMAKE_TIMEOUT = 300  # the executor can poll forever instead of failing: bou
 GPU_TYPE = "fake"
 PREEMPTED = "dtd"  # the training run stopped by SIGTERM half-way, as SLURM does at preemption
 # The rules that ask for a GPU (and have a GPU partition in the profile) and the CPU rules of the targets.
-GPU_RULES = ("encode_latents", "train", "train_expert", "estimate_kl", "stitch_sample")
+GPU_RULES = ("encode_latents", "train", "train_expert", "estimate_kl", "estimate_kl_score", "stitch_sample")
 CPU_RULES = ("prepare_data", "convergence", "cluster_difficulty", "sample")
 # Up to the final samples of both runs: the training branch with the observational stages it waits for.
 TARGETS = [f"results/samples/{m}/seed0/step40/samples.npz" for m in ("vanilla", "dtd")]
@@ -88,13 +88,14 @@ def slurm_python(tmp_path_factory) -> Path:
 
 
 def _stage_recorder(directory: Path, record: Path) -> Path:
-    """A ``python`` that notes, for each stage process, the SLURM job and GPUs it ran with, then runs the
-    real interpreter: the rules call plain ``python -m stages.<name>``, found first on PATH."""
+    """A ``python`` that notes, for each stage process, the SLURM job, GPUs and CPUs it ran with, then runs
+    the real interpreter: the rules call plain ``python -m stages.<name>``, found first on PATH."""
     directory.mkdir()
     shim = directory / "python"
     shim.write_text(
         "#!/bin/sh\n"
-        f'printf "%s\\t%s\\t%s\\n" "${{SLURM_JOB_ID:-}}" "${{CUDA_VISIBLE_DEVICES:-}}" "$*" >> "{record}"\n'
+        f'printf "%s\\t%s\\t%s\\t%s\\n" "${{SLURM_JOB_ID:-}}" "${{CUDA_VISIBLE_DEVICES:-}}" '
+        f'"${{SLURM_CPUS_PER_TASK:-}}" "$*" >> "{record}"\n'
         f'exec "{sys.executable}" "$@"\n'
     )
     shim.chmod(0o755)
@@ -213,6 +214,7 @@ def test_smoke_pipeline_on_slurm_gives_train_a_gpu_and_resumes_a_preempted_run(
         "prepare_data": 1,
         "encode_latents": 1,
         "estimate_kl": 1,
+        "estimate_kl_score": 1,
         "train_expert": 2,
         "convergence": 1,
         "cluster_difficulty": 1,
@@ -231,15 +233,19 @@ def test_smoke_pipeline_on_slurm_gives_train_a_gpu_and_resumes_a_preempted_run(
     # Inside the jobs: each stage process ran in its SLURM job, and only the GPU rules' saw a GPU.
     seen: dict[str, list[tuple[str, str]]] = {}
     for line in record.read_text().splitlines():
-        job_id, gpus, argv = line.split("\t")
+        job_id, gpus, cpus, argv = line.split("\t")
         if stage := re.search(r"-m stages\.(\w+)", argv):
             seen.setdefault(stage.group(1), []).append((job_id, gpus))
+            # Each job asked SLURM for its rule's threads (--cpus-per-task) and holds itself to them.
+            threads = re.search(r"--threads (\d+)", argv).group(1)
+            assert cpus == threads, (stage.group(1), cpus, argv)
+            assert threads == ("2" if stage.group(1).startswith("estimate_kl") else "1"), argv
     job_ids = {rule: sorted(job["JobId"] for job in js) for rule, js in by_rule.items()}
     for rule in job_ids:
         assert sorted(job_id for job_id, _ in seen[rule]) == job_ids[rule], (rule, seen)
     assert all(
         re.fullmatch(r"\d", gpus)
-        for rule in ("train", "train_expert", "estimate_kl")
+        for rule in ("train", "train_expert", "estimate_kl", "estimate_kl_score")
         for _, gpus in seen[rule]
     )
     assert all(gpus == "" for rule in CPU_RULES for _, gpus in seen[rule]), seen

@@ -281,6 +281,9 @@ def _metric_panel(
         if floor_band is not None:
             ax.axhspan(*floor_band, color="#888888", alpha=0.15, lw=0)
     direction = better_direction(metric)
+    if direction == "lower" and _auto_log(rows["value"].to_numpy(dtype=float)):
+        ax.set_yscale("log")  # early snapshots can sit orders of magnitude above the final ones
+        _plain_log_y(ax)
     ax.set_ylabel(label + (f" ({direction} is better)" if direction else ""))
     _iteration_axis(ax)
     ax.set_title(f"{label} vs training iteration")
