@@ -29,7 +29,7 @@ EVALUATE = {f"evaluate@{m}-{SEED}-{k}" for m in METHODS for k in STEPS}
 TRAIN_EXPERT = {f"train_expert@{i}" for i in EXPERTS}
 STITCH_SAMPLE = {f"stitch_sample@{i}" for i in STITCHED}
 STITCH_EVAL = {f"stitch_eval@{i}" for i in STITCHED}
-SCORES = {"fid_ref"} | EVALUATE | STITCH_EVAL  # every job that reads the feature space
+SCORES = {"fid_ref", "evaluate_floor"} | EVALUATE | STITCH_EVAL  # every job that reads the feature space
 DOWNSTREAM = {
     # captions.parquet feeds training and sampling directly; the images reach them through encode_latents.
     "prepare_data": {"feature_net", "fid_ref", "encode_latents"}
@@ -37,13 +37,18 @@ DOWNSTREAM = {
     | TRAIN
     | SAMPLE
     | STITCH_SAMPLE,
-    "encode_latents": {"estimate_kl"} | TRAIN_EXPERT | TRAIN | SAMPLE | STITCH_SAMPLE,
+    "encode_latents": {"estimate_kl", "estimate_kl_score"} | TRAIN_EXPERT | TRAIN | SAMPLE | STITCH_SAMPLE,
     "feature_net": SCORES | {"aggregate"},
-    "fid_ref": EVALUATE | STITCH_EVAL,
+    "fid_ref": EVALUATE | STITCH_EVAL | {"evaluate_floor", "aggregate"},
+    "evaluate_floor": {"aggregate"},
     "estimate_kl": {"cluster_difficulty", "aggregate"},
+    "estimate_kl_score": {"cluster_difficulty", "aggregate"},
     "convergence": {"cluster_difficulty", "aggregate"},
     "cluster_difficulty": TRAIN | {"aggregate"},
-    **{f"train_expert@{i}": {"convergence"} | ({f"stitch_sample@{i}"} & STITCH_SAMPLE) for i in EXPERTS},
+    **{
+        f"train_expert@{i}": {"convergence", "estimate_kl_score"} | ({f"stitch_sample@{i}"} & STITCH_SAMPLE)
+        for i in EXPERTS
+    },
     **{f"stitch_sample@{i}": {f"stitch_eval@{i}"} for i in STITCHED},
     **{f"stitch_eval@{i}": {"aggregate"} for i in STITCHED},
     **{
@@ -53,7 +58,14 @@ DOWNSTREAM = {
         for m in METHODS
         for s in (0, 1)
     },
-    **{f"sample@{m}-{s}-{k}": {f"evaluate@{m}-{s}-{k}"} for m in METHODS for s in (0, 1) for k in STEPS},
+    # aggregate draws the final samples of the first seed in its grids.
+    **{
+        f"sample@{m}-{s}-{k}": {f"evaluate@{m}-{s}-{k}"}
+        | ({"aggregate"} if (s, k) == (0, max(STEPS)) else set())
+        for m in METHODS
+        for s in (0, 1)
+        for k in STEPS
+    },
     **{f"evaluate@{m}-{s}-{k}": {"aggregate"} for m in METHODS for s in (0, 1) for k in STEPS},
 }
 NEW_SEED = {f"train@{m}-1" for m in METHODS} | {
@@ -74,12 +86,14 @@ PARAM_CASES = [
     (("experts", "iterations"), 30, TRAIN_EXPERT),
     (("convergence", "tolerance"), 0.02, {"convergence"}),
     (("kl", "num_samples"), 50, {"estimate_kl"}),
+    (("kl", "score", "num_samples"), 8, {"estimate_kl_score"}),
+    (("kl", "estimator"), "score", {"cluster_difficulty"}),
     (("train", "lr"), 5e-4, TRAIN),
     (("strategies", "dtd", "tau_max"), 3, {"train@dtd-0"}),
     (("strategies", "clts", "lambda_end"), 3.0, set()),  # a method not in the study: nothing runs
     (("sample", "steps"), 10, SAMPLE | STITCH_SAMPLE),
     (("features", "batch_size"), 128, {"feature_net"} | SCORES),
-    (("evaluate", "kid_subsets"), 5, EVALUATE | STITCH_EVAL),
+    (("evaluate", "kid_subsets"), 5, EVALUATE | STITCH_EVAL | {"evaluate_floor"}),
     (("report", "confidence"), 0.9, {"aggregate"}),
     # A new seed adds its own jobs (all new, so all listed) and touches no finished run.
     (("study", "seeds"), [0, 1], NEW_SEED | {"aggregate"}),
@@ -158,10 +172,10 @@ def test_a_params_edit_reruns_exactly_its_readers(driver, tmp_path, path, value,
 @pytest.mark.parametrize(
     ("source_file", "expected"),
     [
-        ("stages/sample.py", SAMPLE | STITCH_SAMPLE),
+        ("stages/sample.py", SAMPLE | STITCH_SAMPLE | {"estimate_kl_score"}),
         ("src/diffusion_curriculum/training.py", TRAIN | TRAIN_EXPERT),
         ("src/diffusion_curriculum/timesteps/curriculum.py", TRAIN),
-        ("src/diffusion_curriculum/kl.py", {"estimate_kl"}),
+        ("src/diffusion_curriculum/kl.py", {"estimate_kl", "estimate_kl_score"}),
         ("src/diffusion_curriculum/latents.py", {"encode_latents"} | SAMPLE | STITCH_SAMPLE),
         ("src/diffusion_curriculum/report/figures.py", {"aggregate"}),
     ],
