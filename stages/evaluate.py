@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         "--bootstrap",
         type=int,
         default=0,
-        help="resamples for percentile intervals of FID, KID and class agreement (0: none); the floor "
+        help="resamples for bootstrap intervals of FID, KID and class agreement (0: none); the floor "
         "has no seeds to give it an interval, so its rule asks for them",
     )
     args = ap.parse_args(argv)
