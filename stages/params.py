@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import jsonschema
@@ -31,6 +32,13 @@ def _describe(error: jsonschema.ValidationError, source: str) -> str:
         missing = [k for k in error.validator_value if k not in error.instance]
         keys = ", ".join(f"{where}.{k}" if where != "<top level>" else k for k in missing)
         return f"{source}: missing required key {keys}"
+    if error.validator in ("type", "oneOf") and isinstance(error.instance, float):
+        if not math.isfinite(error.instance):
+            return f"{source}: {where}: {error.instance!r} is not a finite number"
+        types = [e.validator_value for e in (error.context or [error]) if e.validator == "type"]
+        wanted = {t for value in types for t in ([value] if isinstance(value, str) else value)}
+        if error.instance.is_integer() and "integer" in wanted:
+            return f"{source}: {where}: {error.instance!r} must be an integer (write {int(error.instance)})"
     if error.validator == "oneOf":
         return f"{source}: {where}: {error.instance!r} is not valid here (see {SCHEMA_PATH.name})"
     return f"{source}: {where}: {error.message}"
@@ -40,9 +48,30 @@ def load_schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
+def _is_integer(checker, instance) -> bool:
+    # JSON Schema counts 20.0 as an integer; a YAML float where a count or a step is meant is a typo that
+    # would reach Snakemake as "step20.0", so only true ints pass (bool is an int in Python, and is not).
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+def _is_finite_number(checker, instance) -> bool:
+    # YAML's .nan and .inf are floats; no key of this schema means them.
+    return _is_integer(checker, instance) or (isinstance(instance, float) and math.isfinite(instance))
+
+
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many(
+        {"integer": _is_integer, "number": _is_finite_number}
+    ),
+)
+
+
 def validate(params: dict, source: str = "params.yaml") -> dict:
-    """Raise ParamsError naming the first offending key (sorted by position), else return params."""
-    validator = jsonschema.Draft202012Validator(load_schema())
+    """Raise ParamsError naming the first offending key (sorted by position), else return params.
+
+    Integers must be ints (not 20.0) and numbers finite (not .nan or .inf)."""
+    validator = _Validator(load_schema())
     errors = sorted(
         validator.iter_errors(params), key=lambda e: (len(e.absolute_path), list(e.absolute_path))
     )

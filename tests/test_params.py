@@ -85,6 +85,31 @@ def test_keys_that_must_agree_are_named(good, path, value, named):
         params.validate(_with(good, path, value))
 
 
+@pytest.mark.parametrize(
+    ("path", "value", "named"),
+    [
+        (("train", "ema_decay"), float("nan"), r"train\.ema_decay: nan is not a finite number"),
+        (("train", "lr"), float("inf"), r"train\.lr: inf is not a finite number"),
+        (
+            ("kl", "score", "num_samples"),
+            float("-inf"),
+            r"kl\.score\.num_samples: -inf is not a finite number",
+        ),
+        (
+            ("train", "snapshots"),
+            [500.0, 1000.0],
+            r"train\.snapshots\.0: 500\.0 must be an integer \(write 500\)",
+        ),
+        (("train", "iterations"), 1000.0, r"train\.iterations: 1000\.0 must be an integer"),
+        (("convergence", "window"), 10.0, r"convergence\.window: 10\.0 must be an integer"),
+        (("train", "batch_size"), True, r"train\.batch_size"),
+    ],
+)
+def test_non_finite_numbers_and_float_integers_are_refused(good, path, value, named):
+    with pytest.raises(params.ParamsError, match=named):
+        params.validate(_with(good, path, value))
+
+
 def test_score_estimator_without_a_trained_model_is_a_params_error(good):
     no_model = _with(good, ("kl", "score", "source"), "none")
     params.validate(no_model)  # the mixture estimator needs no model
