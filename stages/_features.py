@@ -19,10 +19,9 @@ FEATURE_NET_FORMAT = 1
 
 
 def save_feature_net(record: dict, path: Path) -> None:
-    from diffusion_curriculum.io import atomic_path
+    from diffusion_curriculum.io import atomic_torch_save
 
-    with atomic_path(path) as tmp:
-        torch.save({"format": FEATURE_NET_FORMAT, **record}, tmp)
+    atomic_torch_save({"format": FEATURE_NET_FORMAT, **record}, path)
 
 
 def load_feature_net(path: str | Path) -> dict:

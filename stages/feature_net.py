@@ -77,10 +77,12 @@ def main(argv: list[str] | None = None) -> None:
         "train_accuracy": report.train_accuracy,
         "num_test": report.num_test,
         "num_train": report.num_train,
-        "seconds": round(time.perf_counter() - started, 2),
     }
     atomic_write_json(metrics, out / "feature_net.json")
-    print(f"feature_net: held-out accuracy {report.test_accuracy:.4f} on {report.num_test} images -> {out}")
+    print(
+        f"feature_net: held-out accuracy {report.test_accuracy:.4f} on {report.num_test} images, "
+        f"{time.perf_counter() - started:.1f} s -> {out}"
+    )
 
 
 if __name__ == "__main__":

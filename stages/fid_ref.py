@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from diffusion_curriculum import data, metrics
-from diffusion_curriculum.io import atomic_path, atomic_write_json
+from diffusion_curriculum.io import atomic_savez, atomic_write_json
 
 from . import _cli, _features, gpu, params
 
@@ -78,10 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = _features.extractor_name(cfg)
-    with atomic_path(out / "reference.npz") as tmp, open(tmp, "wb") as f:
-        np.savez(f, extractor=np.array(name), **stats)
-    with atomic_path(out / "floor.npz") as tmp, open(tmp, "wb") as f:
-        np.savez(f, images=floor.images, labels=floor.labels)  # labels: -1 when unlabeled
+    atomic_savez(out / "reference.npz", extractor=np.array(name), **stats)
+    atomic_savez(out / "floor.npz", images=floor.images, labels=floor.labels)  # labels: -1 when unlabeled
     atomic_write_json(
         {
             "extractor": name,

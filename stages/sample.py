@@ -20,7 +20,7 @@ from PIL import Image
 
 from diffusion_curriculum import data, samplers
 from diffusion_curriculum.captions import sampling_captions
-from diffusion_curriculum.io import atomic_path, atomic_write_json
+from diffusion_curriculum.io import atomic_path, atomic_savez, atomic_write_json
 from diffusion_curriculum.losses import Denoiser
 from diffusion_curriculum.models import create_model
 from diffusion_curriculum.schedules import make_schedule
@@ -166,8 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     arrays = {"images": images, "labels": labels}
     if text_model:
         arrays["caption_images"] = caption_images  # the data-set row whose caption each sample follows
-    with atomic_path(out / "samples.npz") as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+    atomic_savez(out / "samples.npz", **arrays)
     # Latents are shown channel-wise rescaled (first three channels) until a decoder is configured.
     preview = images[:100] if is_pixels else data.to_uint8_images(_rescale(x[:100, :3]))
     with atomic_path(out / "grid.png") as tmp:

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from diffusion_curriculum import data
-from diffusion_curriculum.io import atomic_path, atomic_write_json
+from diffusion_curriculum.io import atomic_path, atomic_torch_save, atomic_write_json
 from diffusion_curriculum.losses import check_prediction
 from diffusion_curriculum.models import count_parameters, create_model
 from diffusion_curriculum.schedules import make_schedule
@@ -220,8 +220,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def write_snapshot(step: int, trained_net: torch.nn.Module, ema_net: torch.nn.Module) -> None:
         pending_snapshots.mkdir(parents=True, exist_ok=True)
-        with atomic_path(pending_snapshots / snapshot_name(step)) as tmp:
-            torch.save(model_record(step, trained_net, ema_net), tmp)
+        atomic_torch_save(model_record(step, trained_net, ema_net), pending_snapshots / snapshot_name(step))
 
     started = time.perf_counter()
     result = train_loop(
@@ -269,8 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     _write_table(result.history["bins"], out / "loss_bins.parquet")
     _write_table(result.history["steps"], out / "train_log.parquet")
     _write_table(result.history["transitions"], out / "transitions.parquet", TRANSITION_COLUMNS)
-    with atomic_path(out / "model.pt") as tmp:
-        torch.save(model_record(result.step, result.net, result.ema), tmp)
+    atomic_torch_save(model_record(result.step, result.net, result.ema), out / "model.pt")
     publish_snapshots(pending_snapshots, out / SNAPSHOT_DIR, train_cfg["snapshots"])
     steps_run = result.step - result.resumed_from
     atomic_write_json(
@@ -281,12 +279,12 @@ def main(argv: list[str] | None = None) -> None:
             "resumed_from": result.resumed_from,
             "final_loss": result.history["steps"][-1]["loss"],
             "transitions": result.history["transitions"],
-            "seconds": round(elapsed, 2),
-            "steps_per_second": round(steps_run / elapsed, 3) if elapsed > 0 else None,
             "device": device,
         },
         out / "summary.json",
     )
+    # Timings go to the log, not the outputs: identical runs must give identical files.
+    print(f"train[{args.method}, seed {args.seed}]: {steps_run} steps in {elapsed:.1f} s on {device}")
     # The outputs are complete; the resumable state is no longer needed.
     shutil.rmtree(args.checkpoint_dir, ignore_errors=True)
 

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from diffusion_curriculum import data
-from diffusion_curriculum.io import atomic_path, atomic_write_json
+from diffusion_curriculum.io import atomic_path, atomic_torch_save, atomic_write_json
 from diffusion_curriculum.losses import check_prediction
 from diffusion_curriculum.models import create_model
 from diffusion_curriculum.schedules import make_schedule
@@ -97,20 +97,19 @@ def main(argv: list[str] | None = None) -> None:
     curve = pd.DataFrame(result.history["steps"])[["step", "loss"]]
     with atomic_path(out / "loss_curve.parquet") as tmp:
         curve.to_parquet(tmp, index=False)
-    with atomic_path(out / "model.pt") as tmp:
-        record = model_file(
-            arch=arch,
-            schedule=schedule_kwargs,
-            prediction=diff["prediction"],
-            data={"kind": dataset.kind, "sha256": manifest_hash},
-            method=f"expert{args.interval}",
-            seed=experts["seed"],
-            step=result.step,
-            net=result.net,
-            ema=result.ema,
-            interval={"index": args.interval, "unit_low": unit[0], "unit_high": unit[1]},
-        )
-        torch.save(record, tmp)
+    record = model_file(
+        arch=arch,
+        schedule=schedule_kwargs,
+        prediction=diff["prediction"],
+        data={"kind": dataset.kind, "sha256": manifest_hash},
+        method=f"expert{args.interval}",
+        seed=experts["seed"],
+        step=result.step,
+        net=result.net,
+        ema=result.ema,
+        interval={"index": args.interval, "unit_low": unit[0], "unit_high": unit[1]},
+    )
+    atomic_torch_save(record, out / "model.pt")
     atomic_write_json(
         {
             "interval": args.interval,
@@ -118,10 +117,10 @@ def main(argv: list[str] | None = None) -> None:
             "unit_high": unit[1],
             "iterations": result.step,
             "final_loss": float(curve["loss"].iloc[-1]),
-            "seconds": round(time.perf_counter() - started, 2),
         },
         out / "summary.json",
     )
+    print(f"train_expert[{args.interval}]: {result.step} steps in {time.perf_counter() - started:.1f} s")
     shutil.rmtree(args.checkpoint_dir, ignore_errors=True)
 
 

@@ -195,3 +195,16 @@ def test_caption_arguments_are_checked(tmp_path):
         run(tmp_path, labels=captions, condition_image=torch.arange(4))
     with pytest.raises(ValueError, match=r"0\.\.127.*got 0\.\.128"):
         run(tmp_path, labels=captions, condition_image=torch.tensor([0, 1, 2, 3, 128]))
+
+
+@pytest.mark.parametrize("lr", [1e37, math.inf])
+def test_a_diverged_run_stops_naming_the_step_and_keeps_its_last_good_checkpoint(tmp_path, lr):
+    """Ten good steps (a checkpoint at step 10), then the learning rate explodes: the run stops with the
+    step and the loss in the message, and the checkpoint on disk is still step 10's, finite."""
+    run(tmp_path, iterations=10)
+    good = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    assert good["step"] == 10
+    with pytest.raises(training.TrainingDiverged, match=r"diverged at step \d+"):
+        run(tmp_path, iterations=30, lr=lr, fingerprint="another", grad_clip=None)
+    kept = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    assert kept["step"] == 10 and all(torch.isfinite(v).all() for v in kept["net"].values())

@@ -8,15 +8,31 @@ atomic rename) and renames it over the target only after the writer returned wit
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
 import secrets
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+__all__ = [
+    "atomic_path",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "atomic_torch_save",
+    "atomic_savez",
+    "json_safe",
+]
+
+# A fixed member time for zip archives (.npz): the zip default is the wall clock, which makes two
+# identical saves differ and every downstream job look out of date to DVC.
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 def _temp_sibling(path: Path) -> Path:
@@ -41,6 +57,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = _temp_sibling(target)
     try:
         yield tmp
+        # On disk before the rename: after a crash the target is the old file or the new one, never empty.
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
         # BaseException so that KeyboardInterrupt / SystemExit also clean up the partial file.
@@ -57,15 +76,35 @@ def atomic_write(path: str | os.PathLike[str], write_fn: Callable[[Path], Any]) 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Atomically write ``data`` to ``path``, flushed to disk before the rename."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
-    def _write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            # Without fsync a crash shortly after the rename can leave an empty file on some filesystems.
-            os.fsync(fh.fileno())
 
-    return atomic_write(path, _write)
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save(obj)`` to ``path``, atomically and byte-for-byte reproducibly.
+
+    ``torch.save`` to a file names the archive's top folder after the file, so saving through a random
+    temporary name gives a different file each time; saved to a buffer the folder is always "archive".
+    """
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def atomic_savez(path: str | os.PathLike[str], **arrays: Any) -> Path:
+    """``numpy.savez`` (uncompressed, loadable with ``numpy.load``) to ``path``, atomically and with fixed
+    member times, so that the same arrays always give the same bytes."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, value in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
+            archive.writestr(info, member.getvalue())
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -83,13 +122,29 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"object of type {type(obj).__name__} is not JSON serializable")
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf) replaced by None, recursively: JSON has no NaN, and
+    ``json.dumps`` would write the literal ``NaN``, which strict parsers (and DVC's metrics) reject."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: json_safe(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(value) for value in obj]
+    return obj
+
+
 def atomic_write_json(
     obj: Any, path: str | os.PathLike[str], *, indent: int = 2, sort_keys: bool = True
 ) -> Path:
     """Atomically write ``obj`` as JSON (sorted keys by default, trailing newline) to ``path``.
 
-    numpy scalars and arrays are converted with ``.tolist()`` and paths with ``os.fspath``.  Keys are sorted
-    so that the same content always gives the same bytes, which keeps DVC/Snakemake checksums stable.
+    numpy scalars and arrays are converted with ``.tolist()`` and paths with ``os.fspath``; non-finite
+    numbers become ``null`` (:func:`json_safe`).  Keys are sorted so that the same content always gives
+    the same bytes, which keeps DVC/Snakemake checksums stable.
     """
-    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, default=_json_default, ensure_ascii=False)
+    plain = json.loads(json.dumps(obj, default=_json_default))  # numpy values become Python floats first
+    text = json.dumps(
+        json_safe(plain), indent=indent, sort_keys=sort_keys, ensure_ascii=False, allow_nan=False
+    )
     return atomic_write_text(path, text + "\n")

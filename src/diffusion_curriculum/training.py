@@ -21,7 +21,7 @@ each step trains on the drawn captions' images.
 from __future__ import annotations
 
 import contextlib
-import os
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,13 +34,36 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from .io import atomic_torch_save
 from .losses import Denoiser, denoising_loss
 from .schedules import NoiseSchedule
 from .timesteps import Intervals, TimestepStrategy
 
-__all__ = ["TrainResult", "train_loop", "CHECKPOINT_NAME"]
+__all__ = ["TrainResult", "TrainingDiverged", "train_loop", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the weights stopped being finite; nothing of the diverged state was saved.  A
+    ValueError, so that a stage ends with its one-line message (``stages/_cli.py``)."""
+
+
+def _check_finite(step: int, loss: float | None, net: nn.Module, ema: nn.Module) -> None:
+    # Called where the loop syncs with the host anyway (log rows) and before anything is saved, so a
+    # diverged run never overwrites its last good checkpoint or publishes a model.
+    if loss is not None and not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"training diverged at step {step}: mean loss {loss} since the last log row; the last good "
+            "checkpoint is kept (lower the learning rate, or check the data)"
+        )
+    for name, module in (("network", net), ("EMA", ema)):
+        bad = [n for n, p in module.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise TrainingDiverged(
+                f"training diverged at step {step}: {len(bad)} {name} weight tensor(s) are not finite "
+                f"(first: {bad[0]}); the last good checkpoint is kept"
+            )
 
 
 @dataclass
@@ -64,12 +87,6 @@ def _make_generators(seed: int, data_device, device) -> dict[str, torch.Generato
         "timesteps": torch.Generator(device=device).manual_seed(t_seed),
         "noise": torch.Generator(device=device).manual_seed(noise_seed),
     }
-
-
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _check_captions(labels: torch.Tensor | None, condition_image: torch.Tensor, n_images: int) -> None:
@@ -207,7 +224,7 @@ def train_loop(
         rng = {"torch": torch.get_rng_state(), **{name: g.get_state() for name, g in gens.items()}}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
-        _save_atomic(
+        atomic_torch_save(
             {
                 "fingerprint": fingerprint,
                 "step": step,
@@ -293,6 +310,7 @@ def train_loop(
                     }
                 )
             mean_loss = running_loss.item() / max(running_count, 1)
+            _check_finite(step, mean_loss, net, ema.module)
             history["steps"].append({"step": step, "loss": mean_loss, "stage": stage})
             bin_sum.zero_()
             bin_count.zero_()
@@ -302,6 +320,9 @@ def train_loop(
         bar.update(1)
         # Before the checkpoint of the same step: a run resumed from a checkpoint past a snapshot step
         # never revisits it, so that snapshot must already be on disk.
+        saves = (on_snapshot is not None and step in snapshot_set) or step % checkpoint_every == 0
+        if saves or step == iterations:
+            _check_finite(step, None, net, ema.module)
         if on_snapshot is not None and rank == 0 and step in snapshot_set:
             on_snapshot(step, net, ema.module)
         if step % checkpoint_every == 0 or step == iterations:
@@ -313,6 +334,7 @@ def train_loop(
             stop_requested = bool(flag.item())
         if step < iterations and (stop_requested or (stop_after is not None and step >= stop_after)):
             if step % checkpoint_every:
+                _check_finite(step, None, net, ema.module)
                 save_checkpoint()
             completed = False
             break
