@@ -216,3 +216,15 @@ def test_forced_rerun_of_a_stage_leaves_its_consumers_up_to_date(smoke_dvc_run, 
     run_cli(["dvc", "repro", "-f", "-s", "train@vanilla-0"], root)
     status = run_cli(["dvc", "status"], root)
     assert "up to date" in status.stdout, status.stdout
+
+
+def test_a_params_path_with_spaces_quotes_and_a_command_reaches_the_stage_intact(pipeline_dir):
+    """``--configfile`` paths go through the shell quoted: the stage reads exactly that file (its
+    max_images shows in the output) and nothing in the name is executed."""
+    cfg = yaml.safe_load((pipeline_dir / "params.yaml").read_text())
+    cfg["data"]["max_images"] = 123
+    odd = "my params'$(touch PWNED).yaml"
+    (pipeline_dir / odd).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    run_cli(["snakemake", "data/prepared/manifest.json", "--cores", "1", "--configfile", odd], pipeline_dir)
+    assert json.loads((pipeline_dir / "data/prepared/manifest.json").read_text())["count"] == 123
+    assert not list(pipeline_dir.rglob("PWNED"))
