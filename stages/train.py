@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
         out / "summary.json",
     )
     # Timings go to the log, not the outputs: identical runs must give identical files.
-    print(f"train[{args.method}, seed {args.seed}]: {steps_run} steps in {elapsed:.1f} s on {device}")
+    print(f"train: {steps_run} steps in {elapsed:.1f} s on {device}")
     # The outputs are complete; the resumable state is no longer needed.
     shutil.rmtree(args.checkpoint_dir, ignore_errors=True)
 
