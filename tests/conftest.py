@@ -5,13 +5,17 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parent.parent
 PIPELINE_FILES = ["Snakefile", "dvc.yaml", "workflow", "stages", "src", "configs", ".dvcignore"]
 
-# One intra-op thread: on 2 shared cores, OpenMP threads spinning against each other cost 10x.
-torch.set_num_threads(1)
+try:
+    import torch
+except ImportError:  # the NumPy-only checks (tests/test_distances.py) run without PyTorch
+    torch = None
+else:
+    # One intra-op thread: on 2 shared cores, OpenMP threads spinning against each other cost 10x.
+    torch.set_num_threads(1)
 
 
 def copy_pipeline(work: Path) -> Path:
