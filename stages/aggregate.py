@@ -271,6 +271,9 @@ def main(argv: list[str] | None = None) -> None:
     features_dir = Path(args.features_dir)
 
     metrics = collect_metrics(Path(args.metrics_dir), methods, seeds, steps)
+    samples_per_set = _read_json(
+        Path(args.metrics_dir) / methods[0] / f"seed{seeds[0]}" / f"step{max(steps)}.json", "evaluate"
+    )["num_samples"]
     floor_record = _read_json(Path(args.metrics_dir) / "floor.json", "evaluate_floor")
     floor = {m: float(floor_record[m]) for m in METRICS if m in floor_record}
     floor_interval = {
@@ -356,7 +359,12 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Mean ± {ci} Student-t interval over {n_seeds} seed(s); Δ is the difference to `{baseline}`, "
         f"paired over seeds.  `{FLOOR_NAME}`: the same metrics on {int(floor_record['num_samples'])} "
-        "held-out real images, what a perfect model would score at this sample count.",
+        "held-out real images, what a perfect model would score at this sample count"
+        + (
+            f" (fewer than the {samples_per_set} of a sample set: FID and KID read high, an upper bound)."
+            if int(floor_record["num_samples"]) < samples_per_set
+            else "."
+        ),
         "",
         report.markdown_table(table, index=True),
         "",

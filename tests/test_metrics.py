@@ -245,3 +245,18 @@ def test_bootstrap_intervals_hold_the_estimate_and_shrink_with_the_sample_count(
         assert got["kid_low"] < got["kid_high"]
         widths.append(got["fid_high"] - got["fid_low"])
     assert widths[1] < 0.6 * widths[0], widths
+
+
+def test_floor_and_reference_come_from_unseen_images_and_never_overlap():
+    from stages.fid_ref import split_real_images
+
+    held_out = np.random.default_rng(0).permutation(1000)[:400]
+    floor, reference = split_real_images(1000, 150, held_out)
+    assert len(floor) == 150 and len(reference) == 250
+    assert set(floor) | set(reference) == set(held_out) and not set(floor) & set(reference)
+    assert list(floor) == list(held_out[:150])  # the split's random order, not sorted (IS reads chunks)
+    # A pool smaller than twice the sample count (paper scale: 50K samples of 50K images) halves.
+    floor, reference = split_real_images(1000, 300, held_out)
+    assert len(floor) == 200 and len(reference) == 200
+    floor, reference = split_real_images(10, 3, None)  # no classifier: a fixed permutation of all
+    assert len(floor) == 3 and sorted(set(floor) | set(reference)) == list(range(10))
