@@ -60,8 +60,9 @@ def collect_metrics(metrics_dir: Path, methods, seeds, steps) -> pd.DataFrame:
         for seed in seeds:
             for step in steps:
                 record = _read_json(metrics_dir / method / f"seed{seed}" / f"step{step}.json", "evaluate")
+                # null is how JSON holds a value that was not finite: it stays NaN, never a statistic.
                 rows += [
-                    {"method": method, "seed": seed, "step": step, "metric": m, "value": float(record[m])}
+                    {"method": method, "seed": seed, "step": step, "metric": m, "value": _number(record[m])}
                     for m in METRICS
                     if m in record
                 ]
@@ -175,7 +176,7 @@ def stitch_table(
             "unit_high": float(bounds.loc[i, "unit_high"]),
         }
         for metric in ("fid", "class_agreement"):
-            if metric in record and metric in base:
+            if record.get(metric) is not None and metric in base:
                 row[metric] = float(record[metric])
                 row[f"{metric}_change_vs_base"] = float(record[metric]) - base[metric]
         rows.append(row)
@@ -243,6 +244,10 @@ def headline_metrics(summary: pd.DataFrame, reach: pd.DataFrame, floor: dict) ->
     return out
 
 
+def _number(value) -> float:
+    return math.nan if value is None else float(value)
+
+
 def _finite(value) -> float | None:
     value = float(value)
     return value if math.isfinite(value) else None
@@ -275,11 +280,11 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.metrics_dir) / methods[0] / f"seed{seeds[0]}" / f"step{max(steps)}.json", "evaluate"
     )["num_samples"]
     floor_record = _read_json(Path(args.metrics_dir) / "floor.json", "evaluate_floor")
-    floor = {m: float(floor_record[m]) for m in METRICS if m in floor_record}
+    floor = {m: _number(floor_record[m]) for m in METRICS if floor_record.get(m) is not None}
     floor_interval = {
-        m: (float(floor_record[f"{m}_low"]), float(floor_record[f"{m}_high"]))
-        for m in METRICS
-        if f"{m}_low" in floor_record
+        m: (_number(floor_record[f"{m}_low"]), _number(floor_record[f"{m}_high"]))
+        for m in floor
+        if floor_record.get(f"{m}_low") is not None and floor_record.get(f"{m}_high") is not None
     }
     runs = collect_run_tables(Path(args.train_dir), methods, seeds)
     kl = _read_parquet(Path(args.kl), "estimate_kl")
