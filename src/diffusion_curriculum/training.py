@@ -49,21 +49,27 @@ class TrainingDiverged(ValueError):
     ValueError, so that a stage ends with its one-line message (``stages/_cli.py``)."""
 
 
-def _check_finite(step: int, loss: float | None, net: nn.Module, ema: nn.Module) -> None:
-    # Called where the loop syncs with the host anyway (log rows) and before anything is saved, so a
-    # diverged run never overwrites its last good checkpoint or publishes a model.
-    if loss is not None and not math.isfinite(loss):
+def _check_loss(step: int, loss: float) -> None:
+    # At log rows, where the loop syncs with the host anyway: the loss is already a host number.
+    if not math.isfinite(loss):
         raise TrainingDiverged(
             f"training diverged at step {step}: mean loss {loss} since the last log row; the last good "
             "checkpoint is kept (lower the learning rate, or check the data)"
         )
+
+
+def _check_weights(step: int, net: nn.Module, ema: nn.Module) -> None:
+    # Before anything is saved, so a diverged run never overwrites its last good checkpoint or publishes
+    # a model.  One host sync per network; the names are looked up only once something is wrong.
     for name, module in (("network", net), ("EMA", ema)):
+        tensors = list(module.parameters())
+        if bool(torch.stack([torch.isfinite(p).all() for p in tensors]).all()):
+            continue
         bad = [n for n, p in module.named_parameters() if not torch.isfinite(p).all()]
-        if bad:
-            raise TrainingDiverged(
-                f"training diverged at step {step}: {len(bad)} {name} weight tensor(s) are not finite "
-                f"(first: {bad[0]}); the last good checkpoint is kept"
-            )
+        raise TrainingDiverged(
+            f"training diverged at step {step}: {len(bad)} {name} weight tensor(s) are not finite "
+            f"(first: {bad[0]}); the last good checkpoint is kept"
+        )
 
 
 @dataclass
@@ -310,7 +316,7 @@ def train_loop(
                     }
                 )
             mean_loss = running_loss.item() / max(running_count, 1)
-            _check_finite(step, mean_loss, net, ema.module)
+            _check_loss(step, mean_loss)
             history["steps"].append({"step": step, "loss": mean_loss, "stage": stage})
             bin_sum.zero_()
             bin_count.zero_()
@@ -322,7 +328,7 @@ def train_loop(
         # never revisits it, so that snapshot must already be on disk.
         saves = (on_snapshot is not None and step in snapshot_set) or step % checkpoint_every == 0
         if saves or step == iterations:
-            _check_finite(step, None, net, ema.module)
+            _check_weights(step, net, ema.module)
         if on_snapshot is not None and rank == 0 and step in snapshot_set:
             on_snapshot(step, net, ema.module)
         if step % checkpoint_every == 0 or step == iterations:
@@ -334,7 +340,7 @@ def train_loop(
             stop_requested = bool(flag.item())
         if step < iterations and (stop_requested or (stop_after is not None and step >= stop_after)):
             if step % checkpoint_every:
-                _check_finite(step, None, net, ema.module)
+                _check_weights(step, net, ema.module)
                 save_checkpoint()
             completed = False
             break
