@@ -1,5 +1,5 @@
-"""What every stage CLI shares: argument parsing conventions, the thread budget, and turning known errors
-into one line."""
+"""What every stage CLI shares: argument parsing conventions, the thread budget, and turning the user's
+errors (bad parameters, bad input files, a diverged run) into one line."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable
+
+from diffusion_curriculum.errors import InputFileError, TrainingDiverged
 
 from .params import ParamsError
 
@@ -53,13 +55,19 @@ def use_threads(threads: int) -> None:
     threadpool_limits(limits=threads)
 
 
+# Failures of the user's parameters, files or run: one line naming the key or file, exit status 2.
+# Anything else (a ValueError from a bug included) keeps its traceback.
+USER_ERRORS = (ParamsError, InputFileError, FileNotFoundError, TrainingDiverged)
+
+
 def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
-    """Run a stage; a bad parameter, path or file ends it with one clear line and exit status 2."""
+    """Run a stage; a bad parameter or input file, or a diverged run, ends it with one clear line and exit
+    status 2."""
     try:
         budget = argparse.ArgumentParser(add_help=False)
         budget.add_argument("--threads", type=int, default=0)
         use_threads(budget.parse_known_args(argv)[0].threads)
         main(argv)
-    except (ParamsError, FileNotFoundError, ValueError) as err:
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

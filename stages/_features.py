@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from diffusion_curriculum import metrics
+from diffusion_curriculum.errors import InputFileError
 from diffusion_curriculum.feature_net import FeatureNet
+from diffusion_curriculum.io import atomic_torch_save, read_torch
 
 from .params import ParamsError
 
@@ -19,19 +19,14 @@ FEATURE_NET_FORMAT = 1
 
 
 def save_feature_net(record: dict, path: Path) -> None:
-    from diffusion_curriculum.io import atomic_torch_save
-
     atomic_torch_save({"format": FEATURE_NET_FORMAT, **record}, path)
 
 
 def load_feature_net(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"feature net file not found: {path} (written by the feature_net stage)")
-    record = torch.load(path, map_location="cpu", weights_only=True)
-    if record.get("format") != FEATURE_NET_FORMAT:
-        found = record.get("format")
-        raise ValueError(f"{path}: format {found!r} is not {FEATURE_NET_FORMAT}; rerun feature_net")
+    record = read_torch(path, hint="written by the feature_net stage", keys=("format",))
+    if record["format"] != FEATURE_NET_FORMAT:
+        found = record["format"]
+        raise InputFileError(path, f"format {found!r} is not {FEATURE_NET_FORMAT}; rerun feature_net")
     return record
 
 
@@ -53,9 +48,10 @@ def build_extractor(cfg: dict, feature_net_path: str | Path, device: str) -> met
         return metrics.inception_extractor(cfg["inception_weights"], device=device)
     record = load_feature_net(feature_net_path)
     if not record["trained"]:
-        raise ValueError(
-            f"{feature_net_path} holds no trained classifier ({record['reason']}); rerun feature_net with "
-            "features.extractor: domain"
+        raise InputFileError(
+            feature_net_path,
+            f"holds no trained classifier ({record['reason']}); rerun feature_net with "
+            "features.extractor: domain",
         )
     net = FeatureNet(**record["kwargs"])
     net.load_state_dict(record["state"])

@@ -28,7 +28,15 @@ import pandas as pd
 
 from diffusion_curriculum import report
 from diffusion_curriculum.difficulty import NOT_CONVERGED, convergence_trend
-from diffusion_curriculum.io import atomic_path, atomic_write_json, atomic_write_text
+from diffusion_curriculum.errors import InputFileError
+from diffusion_curriculum.io import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    read_npz,
+    read_parquet_frame,
+)
 
 from . import _cli, params
 
@@ -43,15 +51,11 @@ MIN_SCORE_PAIRS = 10
 
 
 def _read_json(path: Path, writer: str) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found (written by {writer})")
-    return json.loads(path.read_text())
+    return read_json(path, hint=f"written by {writer}")
 
 
 def _read_parquet(path: Path, writer: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found (written by {writer})")
-    return pd.read_parquet(path)
+    return read_parquet_frame(path, hint=f"written by {writer}")
 
 
 def collect_metrics(metrics_dir: Path, methods, seeds, steps) -> pd.DataFrame:
@@ -184,13 +188,11 @@ def stitch_table(
 
 
 def read_grid(path: Path, writer: str) -> tuple[np.ndarray, np.ndarray]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found (written by {writer})")
-    with np.load(path) as archive:
-        images = archive["images"]
-        labels = archive["labels"] if "labels" in archive.files else np.full(len(images), -1)
+    arrays = read_npz(path, hint=f"written by {writer}", keys=("images",))
+    images = arrays["images"]
+    labels = arrays.get("labels", np.full(len(images), -1))
     if images.dtype != np.uint8:
-        raise ValueError(f"{path}: samples are not decoded images (dtype {images.dtype}); no grid drawn")
+        raise InputFileError(path, f"samples are not decoded images (dtype {images.dtype}); no grid drawn")
     return images, labels
 
 

@@ -10,12 +10,8 @@ and how they were chosen; the train stage reads it.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pandas as pd
-
 from diffusion_curriculum import difficulty
-from diffusion_curriculum.io import atomic_write_json
+from diffusion_curriculum.io import atomic_write_json, read_parquet_frame
 from diffusion_curriculum.schedules import make_schedule
 
 from . import _cli, params
@@ -38,10 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     if uses_signal:
         kl_table = args.kl_score if estimator == "score" else args.kl
         source = kl_table if cur["difficulty_signal"] == "kl" else args.convergence
-        if not Path(source).is_file():
-            raise FileNotFoundError(f"difficulty signal not found: {source}")
-        signal = pd.read_parquet(source)
         column = "kl" if cur["difficulty_signal"] == "kl" else cur["convergence_measure"]
+        signal = read_parquet_frame(source, hint="the difficulty signal", columns=(column,))
         how |= {"signal": cur["difficulty_signal"], "column": column, "source": str(source)}
         if cur["difficulty_signal"] == "kl":
             how["kl_estimator"] = estimator

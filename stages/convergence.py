@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from diffusion_curriculum import difficulty
-from diffusion_curriculum.io import atomic_path
+from diffusion_curriculum.io import atomic_path, read_parquet_frame
 from diffusion_curriculum.timesteps import Intervals
 
 from . import _cli, params
@@ -30,9 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     curves = {}
     for i in cfg["experts"]["intervals"]:
         path = Path(args.experts_dir) / f"expert{i}" / "loss_curve.parquet"
-        if not path.is_file():
-            raise FileNotFoundError(f"loss curve of expert {i} not found: {path} (written by train_expert)")
-        curves[i] = pd.read_parquet(path)
+        curves[i] = read_parquet_frame(path, hint="written by train_expert", columns=("step", "loss"))
     table = difficulty.convergence_table(
         curves,
         Intervals.uniform(len(curves)),

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from diffusion_curriculum import data
+from diffusion_curriculum.errors import InputFileError
 from diffusion_curriculum.io import atomic_path, atomic_write_json
 
 from . import _cli, gpu, params
@@ -62,9 +63,10 @@ def main(argv: list[str] | None = None) -> None:
         if dataset.kind == data.LATENTS:
             expected = codec.latent_channels
             if dataset.channels != expected:
-                raise ValueError(
-                    f"{args.data} holds latents with {dataset.channels} channels, but the VAE in "
-                    f"latents.vae = {cfg['vae']} makes {expected}"
+                raise InputFileError(
+                    args.data,
+                    f"holds latents with {dataset.channels} channels, but the VAE in "
+                    f"latents.vae = {cfg['vae']} makes {expected}",
                 )
             copy_through(args.data, out)
             encoding = encoding_record(codec, None, None)

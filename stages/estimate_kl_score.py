@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from diffusion_curriculum import data
+from diffusion_curriculum.errors import InputFileError
 from diffusion_curriculum.io import atomic_path
 from diffusion_curriculum.kl import default_timesteps
 from diffusion_curriculum.kl_score import estimate_kl_score
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         path = Path(args.experts_dir) / f"expert{i}" / "model.pt"
         denoiser, ckpt = load_denoiser(path, use_ema=True, device=device)
         if "interval" not in ckpt:
-            raise ValueError(f"{path} is not an expert's model file (no interval; written by train_expert)")
+            raise InputFileError(path, "is not an expert's model file (no interval; written by train_expert)")
         denoiser.requires_grad_(False)
         experts.append((denoiser, ckpt["interval"]))
     schedule = experts[0][0].schedule

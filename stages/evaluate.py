@@ -8,13 +8,13 @@ and the domain classifier; otherwise the JSON says why it is missing (``class_ag
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from diffusion_curriculum import metrics
-from diffusion_curriculum.io import atomic_write_json
+from diffusion_curriculum.errors import InputFileError
+from diffusion_curriculum.io import atomic_write_json, read_json, read_npz
 
 from . import _cli, _features, gpu, params
 
@@ -33,30 +33,24 @@ def agreement_labels(labels: np.ndarray | None, extractor) -> tuple[np.ndarray |
 
 def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"samples not found: {path} (written by the sample stage)")
-    with np.load(path) as archive:
-        images = archive["images"]
-        labels = archive["labels"] if "labels" in archive.files else None
+    arrays = read_npz(path, hint="written by the sample stage", keys=("images",))
+    images, labels = arrays["images"], arrays.get("labels")
     if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(
-            f"{path}: expected uint8 NHWC images, got {images.dtype} of shape {images.shape} "
-            "(latent samples must be decoded before they can be scored)"
+        raise InputFileError(
+            path,
+            f"expected uint8 NHWC images, got {images.dtype} of shape {images.shape} "
+            "(latent samples must be decoded before they can be scored)",
         )
     settings_file = path.with_name("settings.json")
-    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    settings = read_json(settings_file) if settings_file.is_file() else {}
     return images, labels, settings
 
 
 def load_reference(path: str | Path, expected_extractor: str) -> dict[str, np.ndarray]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"reference statistics not found: {path} (written by fid_ref)")
-    with np.load(path) as archive:
-        reference = {key: archive[key] for key in archive.files}
+    reference = read_npz(path, hint="written by fid_ref", keys=("extractor", "features"))
     found = str(reference.pop("extractor"))
     if found != expected_extractor:
-        raise ValueError(f"{path} was computed with {found}, but features select {expected_extractor}")
+        raise InputFileError(path, f"was computed with {found}, but features select {expected_extractor}")
     return reference
 
 

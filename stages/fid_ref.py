@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from diffusion_curriculum import data, metrics
+from diffusion_curriculum.errors import InputFileError
 from diffusion_curriculum.io import atomic_savez, atomic_write_json
 
 from . import _cli, _features, gpu, params
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
 
     dataset = data.read_parquet(args.data)
     if dataset.kind != data.PIXELS:
-        raise ValueError(f"{args.data} holds {dataset.kind}; reference statistics need pixel images")
+        raise InputFileError(args.data, f"holds {dataset.kind}; reference statistics need pixel images")
     record = _features.load_feature_net(args.feature_net)
     held_out = record["held_out"].numpy() if record.get("trained") else None
     floor_rows, reference_rows = split_real_images(len(dataset), num_floor, held_out)

@@ -10,7 +10,6 @@ as float32 NCHW.  Text models are conditioned on captions drawn reproducibly fro
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from PIL import Image
 
 from diffusion_curriculum import data, samplers
 from diffusion_curriculum.captions import sampling_captions
-from diffusion_curriculum.io import atomic_path, atomic_savez, atomic_write_json
+from diffusion_curriculum.errors import InputFileError
+from diffusion_curriculum.io import atomic_path, atomic_savez, atomic_write_json, read_json, read_torch
 from diffusion_curriculum.losses import Denoiser
 from diffusion_curriculum.models import create_model
 from diffusion_curriculum.schedules import make_schedule
@@ -30,10 +30,9 @@ from ._conditioning import read_text_captions
 
 
 def load_denoiser(path: str | Path, use_ema: bool, device: str) -> tuple[Denoiser, dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_torch(
+        path, hint="written by train or train_expert", keys=("arch", "net", "ema", "schedule", "prediction")
+    )
     net = create_model(**ckpt["arch"])
     net.load_state_dict(ckpt["ema" if use_ema else "net"])
     net.eval().to(device)
@@ -64,7 +63,7 @@ def latent_decoder(manifest: dict | None, model_path: str, model_data: dict, dev
     if manifest is None or model_data["kind"] != data.LATENTS:
         return None
     if manifest["sha256"] != model_data["sha256"]:
-        raise ValueError(f"{model_path} was trained on other data than the --encoding manifest describes")
+        raise InputFileError(model_path, "was trained on other data than the --encoding manifest describes")
     encoding = manifest["encoding"]
     if encoding is None:
         return None
@@ -72,9 +71,8 @@ def latent_decoder(manifest: dict | None, model_path: str, model_data: dict, dev
 
     codec = LatentCodec.from_directory(encoding["vae"], device=device)
     if codec.fingerprint() != encoding["fingerprint"]:
-        raise ValueError(
-            f"the VAE in {encoding['vae']} is not the one that encoded the training data; "
-            "rerun encode_latents"
+        raise InputFileError(
+            encoding["vae"], "is not the VAE that encoded the training data; rerun encode_latents"
         )
     return codec
 
@@ -99,20 +97,20 @@ def main(argv: list[str] | None = None) -> None:
     if args.expert:
         expert, expert_ckpt = load_denoiser(args.expert, cfg["use_ema"], device)
         if expert_ckpt["arch"] != ckpt["arch"] or expert_ckpt["schedule"] != ckpt["schedule"]:
-            raise ValueError(f"{args.expert} and {args.model} differ in architecture or noise schedule")
+            raise InputFileError(args.expert, f"differs from {args.model} in architecture or noise schedule")
         stitched = expert_ckpt["interval"]
         denoiser = samplers.stitched_denoiser(
             denoiser, expert, denoiser.schedule, stitched["unit_low"], stitched["unit_high"]
         )
-    encoded = json.loads(Path(args.encoding).read_text()) if args.encoding else None
+    encoded = read_json(args.encoding, hint="written by encode_latents") if args.encoding else None
     arch = ckpt["arch"]
     num_classes = arch["num_classes"]
     text_model = arch.get("text_dim", 0) > 0
     if text_model:
         if args.captions is None:
-            raise ValueError(f"{args.model} is a text-conditional model: give its --captions")
+            ap.error(f"{args.model} is a text-conditional model: give its --captions")
         if encoded is None:
-            raise ValueError(f"{args.model} is a text-conditional model: give the --encoding manifest too")
+            ap.error(f"{args.model} is a text-conditional model: give the --encoding manifest too")
         caption_rows, caption_images = sampling_captions(
             read_text_captions(args.captions, encoded["count"], args.params), cfg["num_samples"], cfg["seed"]
         )
@@ -153,7 +151,9 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.cat(chunks)
     labels = torch.cat(label_chunks).numpy()
     if not torch.isfinite(x).all():
-        raise ValueError(f"sampling from {args.model} produced non-finite values; check the sampler settings")
+        raise InputFileError(
+            args.model, "sampling from it produced non-finite values (a diverged model, or sample settings?)"
+        )
 
     decoder = latent_decoder(encoded, args.model, ckpt["data"], device)
     if decoder is not None:

@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         adam_betas=(train_cfg["adam_beta1"], train_cfg["adam_beta2"]),
         ema_decay=train_cfg["ema_decay"],
         grad_clip=train_cfg["grad_clip"],
+        loss_spike_factor=train_cfg["loss_spike_factor"],
         hflip=train_cfg["hflip"],
         log_every=train_cfg["log_every"],
         checkpoint_every=train_cfg["checkpoint_every"],

@@ -13,6 +13,7 @@ from diffusion_curriculum.captions import (
     sampling_captions,
     write_captions,
 )
+from diffusion_curriculum.errors import InputFileError
 
 
 def make_captions(tokens: int, dim: int = 5, per_image: int = 2, num_images: int = 4, null: bool = True):
@@ -110,13 +111,13 @@ def _error(path, num_images, exc=ValueError):
 
 
 def test_missing_file(tmp_path):
-    assert "does not exist" in _error(tmp_path / "nope.parquet", 1, FileNotFoundError)
+    assert "not found" in _error(tmp_path / "nope.parquet", 1, InputFileError)
 
 
 def test_unreadable_file(tmp_path):
     path = tmp_path / "junk.parquet"
     path.write_text("not parquet")
-    assert "cannot read" in _error(path, 1)
+    assert "not a readable Parquet table" in _error(path, 1, InputFileError)
 
 
 @pytest.mark.parametrize("column", ["image", "embedding"])

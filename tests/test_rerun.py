@@ -110,8 +110,8 @@ def with_downstream(jobs: set[str]) -> set[str]:
     return closure
 
 
-def snakemake_plan(root: Path) -> set[str]:
-    proc = run_cli(["snakemake", "-n", "--cores", "1"], root)
+def snakemake_plan(root: Path, *args: str) -> set[str]:
+    proc = run_cli(["snakemake", "-n", "--cores", "1", *args], root)
     planned, rule = set(), None
     for line in (proc.stdout + proc.stderr).splitlines():
         if match := re.match(r"^(?:local)?rule (\w+):$", line):
@@ -157,6 +157,26 @@ def driver(request, smoke_snakemake_run, smoke_dvc_run):
 def test_a_noop_rerun_recomputes_nothing(driver):
     root, plan, _ = driver
     assert plan(root) == set()
+
+
+def test_a_moved_project_recomputes_nothing(driver, tmp_path):
+    source, plan, _ = driver
+    assert plan(_copy(source, tmp_path)) == set()
+
+
+def test_the_params_content_not_its_path_decides_what_reruns(smoke_snakemake_run, tmp_path):
+    """A params file under another name (here with a space) holding the same parameters reruns nothing;
+    one holding one more seed reruns only that seed's jobs and the report."""
+    root = _copy(smoke_snakemake_run, tmp_path)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    same = root / "configs" / "same params.yaml"
+    same.write_text(yaml.safe_dump(params, sort_keys=False))
+    assert snakemake_plan(root, "--configfile", str(same)) == set()
+
+    params["study"]["seeds"] = [*params["study"]["seeds"], 1]
+    more = tmp_path / "one more seed.yaml"  # outside the project, by absolute path
+    more.write_text(yaml.safe_dump(params, sort_keys=False))
+    assert snakemake_plan(root, "--configfile", str(more)) == NEW_SEED | {"aggregate"}
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from diffusion_curriculum.errors import InputFileError
 from diffusion_curriculum.schedules import make_schedule
 from diffusion_curriculum.timesteps import Intervals, Vanilla, make_strategy
 
@@ -55,10 +56,13 @@ def test_bad_intervals_are_rejected(edges, order, message):
 def test_bad_curriculum_file_names_itself(tmp_path):
     path = tmp_path / "curriculum.json"
     path.write_text("{not json")
-    with pytest.raises(ValueError, match="curriculum.json"):
+    with pytest.raises(InputFileError, match="curriculum.json: not valid JSON"):
         Intervals.load(path)
-    with pytest.raises(FileNotFoundError, match="missing.json"):
+    with pytest.raises(InputFileError, match="missing.json: not found"):
         Intervals.load(tmp_path / "missing.json")
+    path.write_text('{"format_version": 1}')
+    with pytest.raises(InputFileError, match="curriculum.json: missing key 'unit_edges'"):
+        Intervals.load(path)
 
 
 def test_vanilla_draws_the_framework_density():

@@ -208,3 +208,33 @@ def test_a_diverged_run_stops_naming_the_step_and_keeps_its_last_good_checkpoint
         run(tmp_path, iterations=30, lr=lr, fingerprint="another", grad_clip=None)
     kept = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
     assert kept["step"] == 10 and all(torch.isfinite(v).all() for v in kept["net"].values())
+
+
+def test_a_run_that_explodes_while_staying_finite_stops_at_its_loss_spike(tmp_path):
+    """lr 0.3 without clipping sends the loss to ~1e6 within the first log interval without a NaN:
+    measured against the running median (here the first step's loss) the run stops; unchecked it
+    finishes as a "model"."""
+    with pytest.raises(training.TrainingDiverged, match=r"diverged at step 5: .*x its running median"):
+        run(tmp_path / "checked", iterations=30, lr=0.3, grad_clip=None)
+    assert not (tmp_path / "checked" / CHECKPOINT_NAME).exists()  # nothing of it was saved
+    unchecked = run(tmp_path / "unchecked", iterations=30, lr=0.3, grad_clip=None, loss_spike_factor=None)
+    losses = [row["loss"] for row in unchecked.history["steps"]]
+    assert unchecked.completed and all(math.isfinite(v) for v in losses) and max(losses) > 1e6
+
+
+def test_the_spike_reference_is_the_median_of_recent_log_rows():
+    rows = [{"loss": v} for v in (0.5, 0.1, 0.09, 0.08)]
+    assert training._spike_reference(1.0, rows) == pytest.approx(0.1)  # first loss joins while rows are few
+    many = [{"loss": 100.0}] + [{"loss": 0.05}] * training.SPIKE_WINDOW
+    assert training._spike_reference(1.0, many) == pytest.approx(0.05)  # only the last window counts
+    assert training._spike_reference(None, []) is None
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04truncated"])
+def test_an_unreadable_checkpoint_is_moved_aside_and_training_starts_over(tmp_path, content):
+    (tmp_path / CHECKPOINT_NAME).write_bytes(content)
+    with pytest.warns(RuntimeWarning, match=rf"{CHECKPOINT_NAME}: unreadable checkpoint.*starts from step 0"):
+        result = run(tmp_path, iterations=12)
+    assert result.resumed_from == 0 and result.completed and result.step == 12
+    assert (tmp_path / f"{CHECKPOINT_NAME}.unreadable").read_bytes() == content  # kept for inspection
+    assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["step"] == 12

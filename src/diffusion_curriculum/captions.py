@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputFileError
 from .io import atomic_path
 
 __all__ = ["NULL_IMAGE", "CaptionEmbeddings", "read_captions", "sampling_captions", "write_captions"]
@@ -111,7 +112,7 @@ def _finite_float32(array: np.ndarray, what: str) -> np.ndarray:
 def read_captions(path: str | os.PathLike[str], num_images: int) -> CaptionEmbeddings:
     """Read and validate the caption Parquet at ``path`` for a data set of ``num_images`` images.
 
-    Raises FileNotFoundError for a missing file and ValueError, naming the file, for a missing ``image``
+    Raises InputFileError (a ValueError naming the file) for a missing file, a missing ``image``
     or ``embedding`` column, embeddings of unequal length, image values outside ``-1..num_images-1``, more
     than one null row, images without any caption, and null or non-finite values.
     """
@@ -119,16 +120,17 @@ def read_captions(path: str | os.PathLike[str], num_images: int) -> CaptionEmbed
 
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"caption embeddings file does not exist: {file}")
+        raise InputFileError(file, "caption embeddings file not found")
     try:
         table = pq.read_table(file)
-    except Exception as exc:
-        raise ValueError(f"cannot read caption Parquet {file}: {exc}") from exc
+    except Exception as exc:  # arrow's errors for a damaged or foreign file
+        raise InputFileError(file, f"not a readable Parquet table ({type(exc).__name__}: {exc})") from exc
     missing = [name for name in ("image", "embedding") if name not in table.column_names]
     if missing:
-        raise ValueError(
-            f"caption Parquet {file} has no column {' or '.join(map(repr, missing))}; "
-            f"it has {table.column_names}, and needs 'image' (int64) and 'embedding' (list<float>)"
+        raise InputFileError(
+            file,
+            f"has no column {' or '.join(map(repr, missing))}; "
+            f"it has {table.column_names}, and needs 'image' (int64) and 'embedding' (list<float>)",
         )
 
     image = _image_column(table.column("image"), file)
@@ -137,29 +139,33 @@ def read_captions(path: str | os.PathLike[str], num_images: int) -> CaptionEmbed
     bad = (image < NULL_IMAGE) | (image >= num_images)
     if bad.any():
         values = np.unique(image[bad])[:_SHOWN].tolist()
-        raise ValueError(
-            f"caption Parquet {file}: {int(bad.sum())} rows have an image outside 0..{num_images - 1} "
-            f"(the {num_images} images of the data set; {NULL_IMAGE} marks the null caption), e.g. {values}"
+        raise InputFileError(
+            file,
+            f"{int(bad.sum())} rows have an image outside 0..{num_images - 1} "
+            f"(the {num_images} images of the data set; {NULL_IMAGE} marks the null caption), e.g. {values}",
         )
     is_null = image == NULL_IMAGE
     if is_null.sum() > 1:
         rows = np.flatnonzero(is_null)[:_SHOWN].tolist()
-        raise ValueError(
-            f"caption Parquet {file} has {int(is_null.sum())} null-caption rows (image = {NULL_IMAGE}, "
-            f"rows {rows}...); at most one is allowed"
+        raise InputFileError(
+            file,
+            f"has {int(is_null.sum())} null-caption rows (image = {NULL_IMAGE}, "
+            f"rows {rows}...); at most one is allowed",
         )
     uncaptioned = np.flatnonzero(np.bincount(image[~is_null], minlength=num_images) == 0)
     if uncaptioned.size:
-        raise ValueError(
-            f"caption Parquet {file}: {uncaptioned.size} of the {num_images} images have no caption "
-            f"(e.g. images {uncaptioned[:_SHOWN].tolist()}); every image needs at least one"
+        raise InputFileError(
+            file,
+            f"{uncaptioned.size} of the {num_images} images have no caption "
+            f"(e.g. images {uncaptioned[:_SHOWN].tolist()}); every image needs at least one",
         )
     bad_values = ~np.isfinite(embeddings)
     if bad_values.any():
         row = int(np.argwhere(bad_values)[0][0])
-        raise ValueError(
-            f"caption Parquet {file} has {int(bad_values.sum())} non-finite embedding values "
-            f"(the first in row {row}, image {int(image[row])})"
+        raise InputFileError(
+            file,
+            f"has {int(bad_values.sum())} non-finite embedding values "
+            f"(the first in row {row}, image {int(image[row])})",
         )
     null = embeddings[is_null][0] if is_null.any() else None
     return CaptionEmbeddings(embeddings[~is_null], image[~is_null], null)
@@ -169,11 +175,9 @@ def _image_column(column: Any, file: Path) -> np.ndarray:
     import pyarrow as pa
 
     if not pa.types.is_integer(column.type):
-        raise ValueError(
-            f"caption Parquet {file}: column 'image' must hold integers (int64), got {column.type}"
-        )
+        raise InputFileError(file, f"column 'image' must hold integers (int64), got {column.type}")
     if column.null_count:
-        raise ValueError(f"caption Parquet {file}: column 'image' has {column.null_count} null values")
+        raise InputFileError(file, f"column 'image' has {column.null_count} null values")
     return column.to_numpy().astype(np.int64)
 
 
@@ -183,11 +187,10 @@ def _embedding_column(column: Any, file: Path) -> np.ndarray:
 
     array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     if array.null_count:
-        raise ValueError(f"caption Parquet {file}: column 'embedding' has {array.null_count} null rows")
+        raise InputFileError(file, f"column 'embedding' has {array.null_count} null rows")
     if not _is_list(array.type):
-        raise ValueError(
-            f"caption Parquet {file}: column 'embedding' must be list<float> or list<list<float>>, "
-            f"got {array.type}"
+        raise InputFileError(
+            file, f"column 'embedding' must be list<float> or list<list<float>>, got {array.type}"
         )
     k = len(array)
     if _is_list(array.type.value_type):
@@ -199,11 +202,11 @@ def _embedding_column(column: Any, file: Path) -> np.ndarray:
         tokens, dim = 1, _equal_lengths(array, file, "embeddings")
         values = array.flatten()
     if not pa.types.is_floating(values.type) and not pa.types.is_integer(values.type):
-        raise ValueError(f"caption Parquet {file}: column 'embedding' holds {values.type}, not numbers")
+        raise InputFileError(file, f"column 'embedding' holds {values.type}, not numbers")
     if values.null_count:
-        raise ValueError(f"caption Parquet {file}: column 'embedding' has {values.null_count} null values")
+        raise InputFileError(file, f"column 'embedding' has {values.null_count} null values")
     if k and dim == 0:
-        raise ValueError(f"caption Parquet {file}: column 'embedding' holds empty embeddings")
+        raise InputFileError(file, "column 'embedding' holds empty embeddings")
     return values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(k, tokens, dim)
 
 
@@ -223,16 +226,17 @@ def _equal_lengths(array: Any, file: Path, what: str, per_row: int = 1) -> int:
     import pyarrow.compute as pc
 
     if array.null_count:
-        raise ValueError(f"caption Parquet {file}: column 'embedding' has {array.null_count} null {what}")
+        raise InputFileError(file, f"column 'embedding' has {array.null_count} null {what}")
     lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False)
     if lengths.size == 0:
         return 0
     odd = np.flatnonzero(lengths != lengths[0])
     if odd.size:
-        raise ValueError(
-            f"caption Parquet {file}: column 'embedding' is ragged: {what} have lengths "
+        raise InputFileError(
+            file,
+            f"column 'embedding' is ragged: {what} have lengths "
             f"{sorted(set(lengths.tolist()))[:_SHOWN]} (row 0 has {lengths[0]}, row {odd[0] // per_row} has "
-            f"{lengths[odd[0]]}); all must have the same length"
+            f"{lengths[odd[0]]}); all must have the same length",
         )
     return int(lengths[0])
 

@@ -1,9 +1,14 @@
-"""Atomic file writing.
+"""Reading and writing the pipeline's files.
 
-Pipeline stages are killed (time limits, pre-emption, Ctrl-C) and workflow managers judge a job by whether
-its output files exist, so an output must either be complete or absent.  Everything here writes to a
-temporary file next to the target (same folder, hence same filesystem, so the final ``os.replace`` is an
-atomic rename) and renames it over the target only after the writer returned without error.
+Reading: every reader names the file in what it raises (:class:`InputFileError`), so a missing,
+truncated or foreign input ends a stage with ``error: <file>: <what is wrong>`` instead of a traceback
+from deep inside a parser.
+
+Writing: pipeline stages are killed (time limits, pre-emption, Ctrl-C) and workflow managers judge a job
+by whether its output files exist, so an output must either be complete or absent. Everything here
+writes to a temporary file next to the target (same folder, hence same filesystem, so the final
+``os.replace`` is an atomic rename) and renames it over the target only after the writer returned
+without error.
 """
 
 from __future__ import annotations
@@ -19,7 +24,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import InputFileError
+
 __all__ = [
+    "InputFileError",
+    "read_json",
+    "read_npz",
+    "read_parquet_frame",
+    "read_torch",
+    "require_file",
     "atomic_path",
     "atomic_write",
     "atomic_write_bytes",
@@ -33,6 +46,87 @@ __all__ = [
 # A fixed member time for zip archives (.npz): the zip default is the wall clock, which makes two
 # identical saves differ and every downstream job look out of date to DVC.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def _reason(err: BaseException) -> str:
+    # The parser's first line, when it is short enough to help (torch's are paragraphs of advice).
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {first}" if 0 < len(first) <= 160 else type(err).__name__
+
+
+def require_file(path: str | os.PathLike[str], hint: str = "") -> Path:
+    """``Path(path)`` if it is a file; else :class:`InputFileError` ("not found", plus ``hint``, e.g.
+    which step writes it)."""
+    file = Path(path)
+    if not file.is_file():
+        raise InputFileError(file, "not found" + (f" ({hint})" if hint else ""))
+    return file
+
+
+def _check_keys(file: Path, found: Any, keys: tuple[str, ...], kind: str) -> None:
+    missing = [key for key in keys if key not in found]
+    if missing:
+        raise InputFileError(file, f"{kind} lacks {', '.join(missing)}")
+
+
+def read_json(path: str | os.PathLike[str], *, hint: str = "", keys: tuple[str, ...] = ()) -> Any:
+    """The JSON document in ``path``; with ``keys``, it must be an object holding each of them."""
+    file = require_file(path, hint)
+    try:
+        doc = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputFileError(file, f"not valid JSON ({_reason(err)})") from None
+    if keys:
+        if not isinstance(doc, dict):
+            raise InputFileError(file, f"expected a JSON object, found {type(doc).__name__}")
+        _check_keys(file, doc, keys, "the JSON object")
+    return doc
+
+
+def read_torch(
+    path: str | os.PathLike[str], *, hint: str = "", keys: tuple[str, ...] = (), map_location: Any = "cpu"
+) -> Any:
+    """``torch.load(path, weights_only=True)``; with ``keys``, a dict holding each of them."""
+    import torch
+
+    file = require_file(path, hint)
+    try:
+        obj = torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as err:  # pickle, zip and stream errors of a damaged or foreign file; named below
+        raise InputFileError(file, f"not a readable PyTorch file ({_reason(err)})") from err
+    if keys:
+        if not isinstance(obj, dict):
+            raise InputFileError(file, f"expected a dict, found {type(obj).__name__}")
+        _check_keys(file, obj, keys, "the saved dict")
+    return obj
+
+
+def read_npz(path: str | os.PathLike[str], *, hint: str = "", keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Every array of the ``.npz`` archive in ``path`` (no pickles), which must hold ``keys``."""
+    import numpy as np
+
+    file = require_file(path, hint)
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise InputFileError(file, f"not a readable .npz archive ({_reason(err)})") from None
+    _check_keys(file, arrays, keys, "the archive")
+    return arrays
+
+
+def read_parquet_frame(path: str | os.PathLike[str], *, hint: str = "", columns: tuple[str, ...] = ()):
+    """The table in ``path`` as a pandas DataFrame, which must have ``columns``."""
+    import pandas as pd
+    import pyarrow as pa
+
+    file = require_file(path, hint)
+    try:
+        frame = pd.read_parquet(file)
+    except (OSError, pa.ArrowException) as err:
+        raise InputFileError(file, f"not a readable Parquet table ({_reason(err)})") from None
+    _check_keys(file, frame.columns, columns, "the table")
+    return frame
 
 
 def _temp_sibling(path: Path) -> Path:

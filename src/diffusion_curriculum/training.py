@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import pickle
+import statistics
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,28 +37,86 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from .errors import TrainingDiverged
 from .io import atomic_torch_save
 from .losses import Denoiser, denoising_loss
 from .schedules import NoiseSchedule
 from .timesteps import Intervals, TimestepStrategy
 
-__all__ = ["TrainResult", "TrainingDiverged", "train_loop", "CHECKPOINT_NAME"]
+__all__ = ["TrainResult", "TrainingDiverged", "train_loop", "CHECKPOINT_NAME", "SPIKE_WINDOW"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+# Log rows in the running median a loss spike is measured against.
+SPIKE_WINDOW = 10
+# What torch.load raises on a truncated, empty or foreign file (pickle, zip and stream-reader errors).
+_UNREADABLE = (
+    pickle.UnpicklingError,
+    EOFError,
+    RuntimeError,
+    ValueError,
+    OSError,
+    AttributeError,
+    ImportError,
+    IndexError,
+)
 
 
-class TrainingDiverged(ValueError):
-    """The loss or the weights stopped being finite; nothing of the diverged state was saved.  A
-    ValueError, so that a stage ends with its one-line message (``stages/_cli.py``)."""
+def _spike_reference(first_loss: float | None, rows: list[dict]) -> float | None:
+    """The running median a log row's loss is compared with: the last ``SPIKE_WINDOW`` log rows, and the
+    loss of the run's first step while there are fewer rows (so a run that explodes within its first log
+    interval is still measured against its healthy start)."""
+    recent = [row["loss"] for row in rows[-SPIKE_WINDOW:]]
+    if len(recent) < SPIKE_WINDOW and first_loss is not None:
+        recent.insert(0, first_loss)
+    return statistics.median(recent) if recent else None
 
 
-def _check_loss(step: int, loss: float) -> None:
+def _check_loss(
+    step: int, loss: float, reference: float | None = None, spike_factor: float | None = None
+) -> None:
     # At log rows, where the loop syncs with the host anyway: the loss is already a host number.
     if not math.isfinite(loss):
         raise TrainingDiverged(
             f"training diverged at step {step}: mean loss {loss} since the last log row; the last good "
             "checkpoint is kept (lower the learning rate, or check the data)"
         )
+    if (
+        spike_factor is not None
+        and reference is not None
+        and reference > 0
+        and loss > spike_factor * reference
+    ):
+        raise TrainingDiverged(
+            f"training diverged at step {step}: mean loss {loss:.4g} since the last log row is "
+            f"{loss / reference:.3g}x its running median {reference:.4g} "
+            f"(loss_spike_factor {spike_factor:g}); the last good checkpoint is kept (lower the learning "
+            "rate, or check the data)"
+        )
+
+
+def _read_checkpoint(path: Path, device: torch.device) -> dict | None:
+    """The resumable state in ``path``, or None when there is none.  A file that cannot be read (truncated
+    by a full disk, emptied, overwritten) is moved aside with a warning naming it, and the run starts from
+    step 0: a damaged checkpoint must not block its job on every retry."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(state, dict) or "step" not in state or "fingerprint" not in state:
+            raise ValueError("not a training checkpoint (no step or fingerprint)")
+    except _UNREADABLE as err:
+        aside = path.with_name(f"{path.name}.unreadable")
+        path.replace(aside)
+        # torch's own first lines are long advice about weights_only, not about the file
+        first = str(err).splitlines()[0] if str(err) else ""
+        reason = f"{type(err).__name__}: {first}" if 0 < len(first) <= 100 else type(err).__name__
+        warnings.warn(
+            f"{path}: unreadable checkpoint ({reason}); moved to {aside.name}, training starts from step 0",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return state
 
 
 def _check_weights(step: int, net: nn.Module, ema: nn.Module) -> None:
@@ -149,11 +210,16 @@ def train_loop(
     compile: bool | str = False,  # torch.compile the loss's network: True = inductor, or a backend name
     # (K,) long: the image row of each caption in `labels` (text conditioning); None: `labels` are per image
     condition_image: torch.Tensor | None = None,
+    # stop when a log row's mean loss exceeds this multiple of the running median of the previous
+    # SPIKE_WINDOW rows (a run that blows up while staying finite); None: only non-finite losses stop it
+    loss_spike_factor: float | None = 1000.0,
 ) -> TrainResult:
     if iterations < 1 or batch_size < 1:
         raise ValueError(f"iterations and batch_size must be >= 1, got {iterations} and {batch_size}")
     if log_every < 1 or checkpoint_every < 1:
         raise ValueError(f"log_every and checkpoint_every must be >= 1, got {log_every}, {checkpoint_every}")
+    if loss_spike_factor is not None and not loss_spike_factor > 1:
+        raise ValueError(f"loss_spike_factor must be > 1 or None, got {loss_spike_factor}")
     device = torch.device(device)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -201,9 +267,12 @@ def train_loop(
     running_count = 0
     history: dict[str, list] = {"steps": [], "bins": [], "transitions": []}
     step = 0
+    first_loss: float | None = (
+        None  # the loss of step 1: what a spike in the first log rows is measured against
+    )
 
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+    state = _read_checkpoint(ckpt_path, device)
+    if state is not None:
         if state.get("fingerprint") == fingerprint:
             net.load_state_dict(state["net"])
             ema.load_state_dict(state["ema"])
@@ -220,6 +289,7 @@ def train_loop(
             running_count = int(state["running"][1])
             history = state["history"]
             step = int(state["step"])
+            first_loss = state.get("first_loss")
         else:
             tqdm.write(f"{ckpt_path}: written by another configuration; starting from step 0")
     resumed_from = step
@@ -243,6 +313,7 @@ def train_loop(
                 "bin_count": bin_count,
                 "running": (running_loss, running_count),
                 "history": history,
+                "first_loss": first_loss,
             },
             ckpt_path,
         )
@@ -301,6 +372,8 @@ def train_loop(
         bin_count.index_add_(0, bins, ones)
         running_loss += detached.to(torch.float64).mean()
         running_count += 1
+        if first_loss is None and loss_spike_factor is not None:
+            first_loss = running_loss.item() / running_count  # one host sync, at the first step only
 
         if step % log_every == 0 or step == iterations:
             stage = strategy.stage
@@ -316,7 +389,7 @@ def train_loop(
                     }
                 )
             mean_loss = running_loss.item() / max(running_count, 1)
-            _check_loss(step, mean_loss)
+            _check_loss(step, mean_loss, _spike_reference(first_loss, history["steps"]), loss_spike_factor)
             history["steps"].append({"step": step, "loss": mean_loss, "stage": stage})
             bin_sum.zero_()
             bin_count.zero_()

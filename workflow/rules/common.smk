@@ -1,5 +1,6 @@
 # Configuration checks and helpers shared by every rule (helpers live only here).
 import os
+from pathlib import Path
 
 import yaml
 
@@ -29,7 +30,10 @@ def _params_file():
     return path
 
 
-PARAMS_FILE = _params_file()
+# The stages read this file, but its path must not decide what reruns (a moved project or a renamed copy
+# holds the same parameters): each rule's `sections` param carries the content it reads, and the path is
+# passed as a Path, which Snakemake's params trigger does not record (it compares builtin values only).
+PARAMS_FILE = Path(_params_file())
 METHODS = config["study"]["methods"]
 SEEDS = config["study"]["seeds"]
 SNAPSHOTS = config["train"]["snapshots"]

@@ -9,7 +9,6 @@ paper's own intervals: uniform in t for VP and flow, log-normal quantiles of sig
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,8 @@ from pathlib import Path
 import torch
 
 from ..device_tables import DeviceTables
+from ..errors import InputFileError
+from ..io import read_json
 from ..schedules import NoiseSchedule
 
 __all__ = [
@@ -117,14 +118,11 @@ class Intervals:
 
     @classmethod
     def load(cls, path: str | Path) -> Intervals:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"curriculum file not found: {path}")
+        doc = read_json(path, hint="written by cluster_difficulty")
         try:
-            doc = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
-        return cls.from_json(doc, source=str(path))
+            return cls.from_json(doc, source=str(path))
+        except ValueError as err:
+            raise InputFileError(path, str(err).removeprefix(f"{path}: ")) from None
 
 
 class TimestepStrategy:
