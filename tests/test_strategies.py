@@ -139,16 +139,22 @@ def uniform_union_cdf(intervals):
 #  15   0.5   1              reset                           0         2      0.5
 #  16-17 0.5  0.5            p=1, 2                          2         2      0.5
 #  18   0.5   0.5            p+1=3 > 2: next stage           0         3      inf   <- transition at 18
-#  19-22 9                   stage 3 = N-1 holds every cluster: pacing frozen, no more transitions
+#  19   9     inf            reset                           0         3      9
+#  20-21 9    9              p=1, 2                          2         3      9
+#  22   9     9              p+1=3 > 2: exit (I_cur 1 -> 0)  0         3      inf   <- transition at 22
+#  23-24 0                   the curriculum has ended: pacing frozen (0 < inf would otherwise reset)
+# Stage 3 = N-1 already holds every cluster, so the exit (Algorithm 2's N-th transition) changes no draw.
 # Had L_best not been reset at step 8, steps 9-11 (6, 7, 7 >= 3) would exhaust the patience and the
 # second transition would come at step 11; had it not been set on the reset at step 5, the losses 3 and
 # 3.5 at steps 6-7 would count as improvements over 4 and the first transition would come later.
-SCRIPT = [5, 4, 4, 4.5, 3, 3, 3.5, 3.25, 6, 7, 7, 7, 1, 2, 0.5, 0.5, 0.5, 0.5, 9, 9, 9, 9]
-SCRIPT_STAGES = [0] * 7 + [1] * 4 + [2] * 6 + [3] * 5
+SCRIPT = [5, 4, 4, 4.5, 3, 3, 3.5, 3.25, 6, 7, 7, 7, 1, 2, 0.5, 0.5, 0.5, 0.5, 9, 9, 9, 9, 0, 0]
+SCRIPT_STAGES = [0] * 7 + [1] * 4 + [2] * 6 + [3] * 7
+# Both numberings: Algorithm 2's iteration counts from 0 (= step - 1), its index I_cur = N - stage.
 SCRIPT_TRANSITIONS = [
-    {"step": 8, "from_stage": 0, "to_stage": 1},
-    {"step": 12, "from_stage": 1, "to_stage": 2},
-    {"step": 18, "from_stage": 2, "to_stage": 3},
+    {"step": 8, "from_stage": 0, "to_stage": 1, "iteration": 7, "from_index": 4, "to_index": 3},
+    {"step": 12, "from_stage": 1, "to_stage": 2, "iteration": 11, "from_index": 3, "to_index": 2},
+    {"step": 18, "from_stage": 2, "to_stage": 3, "iteration": 17, "from_index": 2, "to_index": 1},
+    {"step": 22, "from_stage": 3, "to_stage": 4, "iteration": 21, "from_index": 1, "to_index": 0},
 ]
 
 
@@ -164,15 +170,19 @@ def test_dtd_pacing_follows_algorithms_1_and_2():
         if step == 9:  # the next loss becomes the new stage's best
             assert state["best"].item() == 6.0 and state["patience"].item() == 0
     assert stages == SCRIPT_STAGES
-    assert dtd.transitions() == SCRIPT_TRANSITIONS
+    assert dtd.transitions() == SCRIPT_TRANSITIONS  # N = 4 transitions, as Algorithm 2 makes
+    state = dtd.state_dict()
+    assert state["best"].item() == math.inf and state["patience"].item() == 0  # frozen after the exit
 
 
 def test_dtd_tau_max_zero_advances_on_every_non_improving_step():
     dtd = DTD(make_schedule("vp"), Intervals.uniform(3), tau_max=0)
-    # 1: best 1; 2: 1 >= 1 and 0 + 1 > 0 -> stage 1; 3: best 1 (reset); 4: stage 2 (= N-1, final).
-    for step, value in enumerate([1, 1, 1, 1, 1, 1], start=1):
+    # 1: best 1; 2: 1 >= 1 and 0 + 1 > 0 -> stage 1; 3: best 1 (reset); 4: stage 2 (= N-1, every
+    # cluster); 5: best 1; 6: the exit (I_cur 1 -> 0); 7-8: frozen.
+    for step, value in enumerate([1, 1, 1, 1, 1, 1, 1, 1], start=1):
         dtd.observe(step, None, batch_loss(value))
-    assert [r["step"] for r in dtd.transitions()] == [2, 4]
+    assert [r["step"] for r in dtd.transitions()] == [2, 4, 6]
+    assert [r["to_index"] for r in dtd.transitions()] == [2, 1, 0]
     assert dtd.stage == 2
 
 
@@ -307,9 +317,9 @@ def test_naive_cl_fixed_pacing():
     # The stage of step k (1-based) is floor((k - 1) / 5), read after observe(k): floor(k / 5).
     assert stages == [min(k // 5, 3) for k in range(1, 21)]
     assert naive.transitions() == [
-        {"step": 5, "from_stage": 0, "to_stage": 1},
-        {"step": 10, "from_stage": 1, "to_stage": 2},
-        {"step": 15, "from_stage": 2, "to_stage": 3},
+        {"step": 5, "from_stage": 0, "to_stage": 1, "iteration": 4, "from_index": 4, "to_index": 3},
+        {"step": 10, "from_stage": 1, "to_stage": 2, "iteration": 9, "from_index": 3, "to_index": 2},
+        {"step": 15, "from_stage": 2, "to_stage": 3, "iteration": 14, "from_index": 2, "to_index": 1},
     ]
     naive.before_step(7, None)  # stage 1: C_3 ∪ C_4 = u in [0.5, 1)
     t = naive.sample(N_DRAWS, torch.Generator().manual_seed(0))
