@@ -5,6 +5,7 @@ import inspect
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy import stats
@@ -468,6 +469,75 @@ def test_speed_weights_have_mean_one_on_flow(weighting):
     w = speed.weights(speed.sample(200_000, torch.Generator().manual_seed(3))).double()
     assert w.mean().item() == pytest.approx(1.0, abs=0.01)
     assert SpeeD(make_schedule("flow"), Intervals.uniform(4), weighting="none").weights(w) is None
+
+
+# speed, variant official: Speed_IDDPM of NUS-HPC-AI-Lab/SpeeD as its released configurations run it
+# (k = 5, lam = 0.6, tau = 700, sampling and weighting "ours"), its formulas written out here in NumPy.
+
+
+def official_reference(schedule, k=5.0, tau=700):
+    abar = schedule.alphas_cumprod.numpy()
+    # meaningful_steps = np.argmax(np.gradient(sqrt(1 - alpha_bar)) < 1e-4) + 1
+    m = int(np.argmax(np.gradient(np.sqrt(1 - abar)) < 1e-4)) + 1
+    p = np.array([k] * tau + [1.0] * (len(abar) - tau))
+    p /= p.sum()
+    t = np.arange(len(abar))
+    dual = np.where(t < m, m - t, t - m)
+    q = np.bincount(dual, weights=p, minlength=len(abar))  # the law of the reflected draws
+    return abar, m, p, dual, q
+
+
+def test_speed_official_density_and_dual_marginal():
+    schedule = make_schedule("vp")
+    abar, m, p, dual, q = official_reference(schedule)
+    assert m == 642
+    speed = make_strategy(
+        "speed", schedule, Intervals.uniform(4), variant="official", k=5.0, tau=0.7, dual=True
+    )
+    assert speed.meaningful_steps == 642 and speed.tau_steps == 700
+    # Batch 8: torch.multinomial(p, 8 // 2 + 1) then cat([t, dual_t])[:8]: 5 direct draws, 3 reflections.
+    g = torch.Generator().manual_seed(11)
+    batches = torch.stack([speed.sample(8, g) for _ in range(25_000)])
+    assert torch.equal(batches[:, 5:], torch.from_numpy(dual)[batches[:, :3]])
+    assert vp_fit(batches[:, :5].flatten(), torch.from_numpy(p)) > P_MIN
+    marginal = (5 * p + 3 * q) / 8
+    assert vp_fit(batches.flatten(), torch.from_numpy(marginal)) > P_MIN
+    torch.testing.assert_close(speed.official_pmf(8), torch.from_numpy(marginal), rtol=1e-12, atol=1e-15)
+    # The paper variant's dual marginal (reflection about its own tau, even split) is another law.
+    paper = make_strategy("speed", schedule, Intervals.uniform(4), k=5.0, tau=0.7, dual=True)
+    assert vp_fit(paper.sample(N_DRAWS, torch.Generator().manual_seed(12)), torch.from_numpy(marginal)) < 1e-6
+    # dual: false is their "no_dual": every draw from p.
+    plain = make_strategy("speed", schedule, Intervals.uniform(4), variant="official", tau=0.7)
+    assert vp_fit(plain.sample(N_DRAWS, torch.Generator().manual_seed(13)), torch.from_numpy(p)) > P_MIN
+
+
+def test_speed_official_weights():
+    schedule = make_schedule("vp")
+    abar = schedule.alphas_cumprod.numpy()
+    t = torch.arange(1000)
+    # weighting "ours": k = 1 - lam; k + (1 - 2k) * minmax(np.gradient(1 - alpha_bar)) below tau, 1 above.
+    r = np.gradient(1 - abar)
+    ours = 0.4 + 0.2 * (r - r.min()) / (r.max() - r.min())
+    ours[700:] = 1.0
+    speed = SpeeD(schedule, Intervals.uniform(4), variant="official", tau=0.7, weight_lambda=0.6)
+    w = speed.weights(t)
+    assert w.dtype == torch.float32
+    np.testing.assert_allclose(w.numpy(), ours, rtol=1e-6)
+    assert w[:700].min() >= 0.4 and w[:700].max() <= 0.6 + 1e-6 and w[700:].eq(1).all()
+    # weighting "p2": 1 / (p2_k + snr)^gamma with k = gamma = 1, snr = 1 / (1 - alpha_bar) - 1; unnormalised.
+    p2 = SpeeD(schedule, Intervals.uniform(4), variant="official", tau=0.7, weighting="p2")
+    np.testing.assert_allclose(p2.weights(t).numpy(), 1 / (1 + (1 / (1 - abar) - 1)), rtol=1e-6)
+    none = SpeeD(schedule, Intervals.uniform(4), variant="official", tau=0.7, weighting="none")
+    assert none.weights(t) is None
+
+
+def test_speed_official_needs_a_discrete_schedule_and_a_fixed_threshold():
+    with pytest.raises(ValueError, match="discrete VP"):
+        SpeeD(make_schedule("edm"), Intervals.uniform(4), variant="official", tau=0.7)
+    with pytest.raises(ValueError, match="0.7"):
+        SpeeD(make_schedule("vp"), Intervals.uniform(4), variant="official")
+    with pytest.raises(ValueError, match="variant"):
+        SpeeD(make_schedule("vp"), Intervals.uniform(4), variant="authors")
 
 
 # ------------------------------------------------------------------------------------------------------
