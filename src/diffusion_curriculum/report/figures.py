@@ -408,10 +408,10 @@ def plot_curriculum_timeline(
     Stage ``n`` of the cluster curricula samples the ``n + 1`` first clusters of the curriculum's order
     (for ``dtd``/``naive_cl`` the ``n + 1`` easiest).  ``dtd``'s last transition, to stage N, is
     Algorithm 2's exit (I_cur = 1 -> 0): from there on ordinary training, which draws what stage N - 1
-    drew; with it a completed curriculum shows the paper's N transitions.  Methods whose stage never changes (no curriculum:
-    ``vanilla``, the weightings) get no panel but are named in the title -- unless no method has a
-    curriculum, then their flat lines are all there is to show.  ``transitions`` may be empty or ``None``;
-    stages then come from the training log alone.
+    drew; with it a completed curriculum shows the paper's N transitions.  Methods whose stage never
+    changes (no curriculum: ``vanilla``, the weightings) get no panel but are named in the title --
+    unless no method has a curriculum, then their flat lines are all there is to show.  ``transitions``
+    may be empty or ``None``; stages then come from the training log alone.
     """
     _require_columns(train_log, ["method", "seed", "step", "stage"], "train_log")
     log = _nonempty(train_log, "train_log")
