@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from dit_official import dit_reference_pos_embed, official_state
 from torch import nn
 
 from diffusion_curriculum.models import MODELS, count_parameters, create_model
@@ -288,66 +288,17 @@ def test_training_from_default_init_reaches_every_parameter(name):
 # --------------------------------------------------------------------------- official DiT weights
 
 
-def _dit_reference_pos_embed(dim: int, size: int) -> np.ndarray:
-    """DiT's get_2d_sincos_pos_embed from its definition: np.meshgrid(w, h) (w first), the first half
-    of the channels from grid[0] (the column), the second from grid[1] (the row), each half sin | cos
-    of pos * 10000^(-k / (dim/4))."""
-    grid = np.stack(np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32)))
-
-    def one_d(d: int, pos: np.ndarray) -> np.ndarray:
-        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
-        angles = np.einsum("m,d->md", pos.reshape(-1), omega)
-        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
-
-    return np.concatenate([one_d(dim // 2, grid[0]), one_d(dim // 2, grid[1])], axis=1)
-
-
-def _official_state(depth=2, hidden=64, patch=2, channels=4, grid=4, classes=10, learn_sigma=True):
-    """A state dict with DiT's key names and shapes (models.py of facebookresearch/DiT), random values."""
-    g = torch.Generator().manual_seed(3)
-    out = channels * (2 if learn_sigma else 1)
-    shapes = {
-        "x_embedder.proj.weight": (hidden, channels, patch, patch),
-        "x_embedder.proj.bias": (hidden,),
-        "t_embedder.mlp.0.weight": (hidden, 256),
-        "t_embedder.mlp.0.bias": (hidden,),
-        "t_embedder.mlp.2.weight": (hidden, hidden),
-        "t_embedder.mlp.2.bias": (hidden,),
-        "y_embedder.embedding_table.weight": (classes + 1, hidden),
-        "final_layer.linear.weight": (patch * patch * out, hidden),
-        "final_layer.linear.bias": (patch * patch * out,),
-        "final_layer.adaLN_modulation.1.weight": (2 * hidden, hidden),
-        "final_layer.adaLN_modulation.1.bias": (2 * hidden,),
-    }
-    for i in range(depth):
-        shapes |= {
-            f"blocks.{i}.attn.qkv.weight": (3 * hidden, hidden),
-            f"blocks.{i}.attn.qkv.bias": (3 * hidden,),
-            f"blocks.{i}.attn.proj.weight": (hidden, hidden),
-            f"blocks.{i}.attn.proj.bias": (hidden,),
-            f"blocks.{i}.mlp.fc1.weight": (4 * hidden, hidden),
-            f"blocks.{i}.mlp.fc1.bias": (4 * hidden,),
-            f"blocks.{i}.mlp.fc2.weight": (hidden, 4 * hidden),
-            f"blocks.{i}.mlp.fc2.bias": (hidden,),
-            f"blocks.{i}.adaLN_modulation.1.weight": (6 * hidden, hidden),
-            f"blocks.{i}.adaLN_modulation.1.bias": (6 * hidden,),
-        }
-    state = {k: torch.randn(shape, generator=g) * 0.05 for k, shape in shapes.items()}
-    state["pos_embed"] = torch.from_numpy(_dit_reference_pos_embed(hidden, grid)).float()[None]
-    return state
-
-
 @pytest.mark.parametrize("dim,size", [(64, 4), (128, 8), (1152, 16)])
 def test_pos_embed_is_dits_layout(dim, size):
     ours = sincos_pos_embed_2d(dim, size, size)
-    ref = torch.from_numpy(_dit_reference_pos_embed(dim, size)).float()
+    ref = torch.from_numpy(dit_reference_pos_embed(dim, size)).float()
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
     # Columns in the first half: tokens 0 and 1 (same row, next column) differ there, not in the second.
     assert torch.equal(ours[0, dim // 2 :], ours[1, dim // 2 :]) and not torch.equal(ours[0], ours[1])
 
 
 def test_every_official_dit_key_maps_to_a_parameter_of_the_same_shape():
-    state = _official_state(learn_sigma=False)
+    state = official_state(learn_sigma=False)
     net = DiT(input_size=8, in_channels=4, patch_size=2, depth=2, hidden_size=64, num_heads=4, num_classes=10)
     own = net.state_dict()
     mapped = {official_dit_key(k): v for k, v in state.items() if k != "pos_embed"}
@@ -358,7 +309,7 @@ def test_every_official_dit_key_maps_to_a_parameter_of_the_same_shape():
 
 
 def test_load_dit_checkpoint_from_a_file(tmp_path):
-    state = _official_state(learn_sigma=True)
+    state = official_state(learn_sigma=True)
     path = tmp_path / "DiT-tiny.pt"
     torch.save(state, path)
     net = load_dit_checkpoint(path, num_heads=4)
@@ -377,10 +328,10 @@ def test_load_dit_checkpoint_from_a_file(tmp_path):
 
 
 def test_load_dit_checkpoint_finds_registered_sizes_and_refuses_wrong_tables():
-    state = _official_state(depth=4, hidden=128, patch=4, channels=1, grid=4, classes=3)
+    state = official_state(depth=4, hidden=128, patch=4, channels=1, grid=4, classes=3)
     net = load_dit_checkpoint({"ema": state, "model": {}})  # a train.py checkpoint: its EMA weights
     assert net.model_name == "DiT-tiny/4" and net.blocks[0].attn.num_heads == 4
-    bad = dict(state, pos_embed=torch.from_numpy(_dit_reference_pos_embed(128, 4)[:, ::-1].copy())[None])
+    bad = dict(state, pos_embed=torch.from_numpy(dit_reference_pos_embed(128, 4)[:, ::-1].copy())[None])
     with pytest.raises(ValueError, match="pos_embed"):
         load_dit_checkpoint(bad)
     with pytest.raises(ValueError, match="blocks.0.attn.qkv.bias"):
