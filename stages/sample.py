@@ -6,6 +6,13 @@ unconditional ones; ``captions``: the caption row of each sample for text models
 parameterisation come from ``model.pt``, so this stage reads only ``sample``.  A model trained on latents
 is decoded with the VAE that ``encode_latents`` recorded (``--encoding``); latents without a VAE are kept
 as float32 NCHW.  Text models are conditioned on captions drawn reproducibly from ``--captions``.
+
+``--weights PATH`` samples an official DiT checkpoint (facebookresearch/DiT's ``.pt`` state dict, loaded by
+``models.load_dit_checkpoint``) instead of a trained ``--model``: the architecture comes from the state
+dict and must be the params' ``model.name``, the schedule and parameterisation from ``diffusion`` (the
+released models: VP linear, T = 1000, eps); the latents are decoded with the VAE of ``--encoding``, else
+of ``latents.vae`` (kept as latents when that is null).
+Not a pipeline rule: a manual check of the sampling and scoring stages against published FIDs.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from diffusion_curriculum.errors import InputFileError
 from diffusion_curriculum.io import atomic_path, atomic_savez, atomic_write_json, read_json, read_torch
 from diffusion_curriculum.losses import Denoiser
 from diffusion_curriculum.models import create_model
+from diffusion_curriculum.models.dit import load_dit_checkpoint
 from diffusion_curriculum.schedules import make_schedule
 
 from . import _cli, gpu, params
@@ -37,6 +45,41 @@ def load_denoiser(path: str | Path, use_ema: bool, device: str) -> tuple[Denoise
     net.load_state_dict(ckpt["ema" if use_ema else "net"])
     net.eval().to(device)
     return Denoiser(net, make_schedule(**ckpt["schedule"]), ckpt["prediction"]), ckpt
+
+
+def load_official_dit(path: str, params_file: str, device: str) -> tuple[Denoiser, dict]:
+    """An official DiT checkpoint as a denoiser, with a stand-in for ``model.pt``'s metadata."""
+    cfg = params.sections(params_file, "model", "diffusion")
+    model_cfg, diff = cfg["model"], cfg["diffusion"]
+    net = load_dit_checkpoint(path, class_dropout=model_cfg["condition_dropout"])
+    name = getattr(net, "model_name", None)
+    if name != model_cfg["name"]:
+        raise params.ParamsError(
+            f"{params_file}: model.name is {model_cfg['name']!r} but {path} holds a "
+            f"{name or 'DiT of an unregistered size'}"
+        )
+    if diff["framework"] != "vp" or diff["prediction"] != "eps":
+        raise params.ParamsError(
+            f"{params_file}: official DiT weights predict eps on a VP schedule; set diffusion.framework "
+            f"vp and diffusion.prediction eps (got {diff['framework']} / {diff['prediction']})"
+        )
+    schedule = {"framework": "vp", **diff["vp"]}
+    arch = {
+        "name": name,
+        "input_size": net.input_size[0],
+        "in_channels": net.in_channels,
+        "num_classes": net.num_classes,
+    }
+    record = {
+        "arch": arch,
+        "schedule": schedule,
+        "prediction": "eps",
+        "data": {"kind": data.LATENTS, "sha256": None},
+        "step": None,
+        "method": "official",
+        "seed": None,
+    }
+    return Denoiser(net.to(device), make_schedule(**schedule), "eps"), record
 
 
 def image_grid(images: np.ndarray, columns: int = 10) -> Image.Image:
@@ -79,7 +122,11 @@ def latent_decoder(manifest: dict | None, model_path: str, model_data: dict, dev
 
 def main(argv: list[str] | None = None) -> None:
     ap = _cli.parser(__doc__)
-    ap.add_argument("--model", required=True, help="model.pt written by train")
+    source = ap.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="model.pt written by train")
+    source.add_argument(
+        "--weights", help="an official DiT checkpoint (.pt state dict) instead of --model; see the docstring"
+    )
     ap.add_argument("--out-dir", required=True)
     ap.add_argument(
         "--expert",
@@ -92,7 +139,13 @@ def main(argv: list[str] | None = None) -> None:
     cfg = params.sections(args.params, "sample")["sample"]
     device = gpu.pick_device(params.resolve_device(cfg["device"]))
 
-    denoiser, ckpt = load_denoiser(args.model, cfg["use_ema"], device)
+    if args.weights:
+        if args.expert:
+            raise ValueError("--expert stitches into a trained --model, not into --weights")
+        denoiser, ckpt = load_official_dit(args.weights, args.params, device)
+        args.model = args.weights
+    else:
+        denoiser, ckpt = load_denoiser(args.model, cfg["use_ema"], device)
     stitched = None
     if args.expert:
         expert, expert_ckpt = load_denoiser(args.expert, cfg["use_ema"], device)
@@ -155,7 +208,15 @@ def main(argv: list[str] | None = None) -> None:
             args.model, "sampling from it produced non-finite values (a diverged model, or sample settings?)"
         )
 
+    if args.weights and encoded is not None:  # no training data to match: decode with the manifest's VAE
+        ckpt["data"]["sha256"] = encoded["sha256"]
     decoder = latent_decoder(encoded, args.model, ckpt["data"], device)
+    if args.weights and encoded is None:
+        vae = params.sections(args.params, "latents")["latents"]["vae"]
+        if vae is not None:  # the VAE named in the params (DiT: sd-vae-ft-ema or -mse)
+            from diffusion_curriculum.latents import LatentCodec
+
+            decoder = LatentCodec.from_directory(vae, device=device)
     if decoder is not None:
         x = decoder.decode(x, batch_size=cfg["batch_size"])
 
@@ -174,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     atomic_write_json(
         {
             "model": str(args.model),
+            "official_weights": bool(args.weights),
             "model_step": ckpt["step"],
             "method": ckpt["method"],
             "train_seed": ckpt["seed"],

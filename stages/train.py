@@ -3,7 +3,8 @@
 Writes ``model.pt`` (weights, EMA weights and everything needed to rebuild the model and its schedule),
 ``loss_bins.parquet`` (loss and sample count per timestep interval every ``log_every`` steps: the
 difficulty signal and the effective timestep histogram), ``train_log.parquet`` (mean loss and curriculum
-stage per log row), ``transitions.parquet`` (every curriculum stage change: step, from, to) and
+stage per log row), ``transitions.parquet`` (every curriculum stage change, in this package's numbering and in
+Algorithm 2's: step, from_stage, to_stage, iteration, from_index, to_index) and
 ``summary.json``, and ``snapshots/step{N}.pt`` for every step N of ``train.snapshots`` (scored by
 evaluate for FID versus iterations).  A resumable checkpoint lives in ``--checkpoint-dir`` while the
 run is in progress; a rerun with the same configuration continues from it.
@@ -28,6 +29,7 @@ from diffusion_curriculum.losses import check_prediction
 from diffusion_curriculum.models import count_parameters, create_model
 from diffusion_curriculum.schedules import make_schedule
 from diffusion_curriculum.timesteps import Intervals, make_strategy, strategy_parameters
+from diffusion_curriculum.timesteps.curriculum import TRANSITION_COLUMNS
 from diffusion_curriculum.training import train_loop
 
 from . import _cli, gpu, params
@@ -37,8 +39,6 @@ from ._conditioning import training_conditioning
 # again"); Snakemake's retries and SLURM's requeue start the job again and it resumes.
 EXIT_PREEMPTED = 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-TRANSITION_COLUMNS = ["step", "from_stage", "to_stage"]
 
 # strategies: only [method] is used.  The clusters come from --curriculum (cluster_difficulty's file);
 # without it, curriculum.num_clusters uniform intervals.

@@ -20,7 +20,14 @@ import pandas as pd
 import pytest
 import torch
 
-from diffusion_curriculum.kl import default_timesteps, estimate_kl, gaussian_kl, gaussian_reference
+from diffusion_curriculum.difficulty import cluster_intervals
+from diffusion_curriculum.kl import (
+    default_timesteps,
+    estimate_kl,
+    gaussian_kl,
+    gaussian_reference,
+    pair_units,
+)
 from diffusion_curriculum.schedules import make_schedule
 
 COLUMNS = ["t", "t_prev", "unit", "kl", "kl_stderr"]
@@ -264,7 +271,8 @@ def test_default_grids_of_all_schedules():
         schedule = make_schedule(name)
         df = estimate_kl(data, schedule, num_samples=48, generator=gen(1))
         assert len(df) == 99, name
-        np.testing.assert_allclose(df.unit, (np.arange(1, 100) + 0.5) / 100, rtol=1e-9)
+        # Each pair is labelled at its midpoint in u: between (k - 1/2) / 100 and (k + 1/2) / 100.
+        np.testing.assert_allclose(df.unit, np.arange(1, 100) / 100, rtol=1e-9)
         np.testing.assert_allclose(df.t, default_timesteps(schedule)[1:].numpy())
         values = df[["kl", "kl_stderr"]].to_numpy()
         assert np.isfinite(values).all(), name
@@ -339,3 +347,22 @@ def test_null_of_the_mixture_estimator_is_its_own_component_term():
     assert abs(null.kl[0] - own) < 4 * null.kl_stderr[0], (null, own)
     assert exact[0] < 1e-3 * null.kl[0]
     assert abs(null.kl[2] - exact[2]) < 4 * null.kl_stderr[2] + 0.05 * exact[2], (null, exact)
+
+
+@pytest.mark.parametrize("name", ["edm", "flow"])
+def test_midpoint_labels_give_equal_shares_on_a_steep_curve(name):
+    """A pair's KL is the difficulty of the step between its two times; labelled at the later end, the
+    density samples sit half a step towards high noise and the equal-share clusters shift."""
+    schedule = make_schedule(name)
+    times = default_timesteps(schedule)
+    u = schedule.to_unit(times).numpy()
+    lam = 8.0  # difficulty density proportional to exp(-8 u): steep at low noise
+    cdf = lambda x: (1 - np.exp(-lam * x)) / (1 - np.exp(-lam))  # noqa: E731
+    curve = pd.DataFrame({"unit": pair_units(schedule, times).numpy(), "kl": np.diff(cdf(u))})
+    np.testing.assert_allclose(curve.unit, np.arange(1, 100) / 100, rtol=1e-9)
+    edges = np.array(cluster_intervals("difficulty", 20, schedule, curve, density_floor=0.0).unit_edges)
+    share = np.diff(cdf(edges))
+    # Inner clusters hold 1/20 of the true difficulty to within 1e-3 (later-end labels: 1.5e-3); the
+    # lowest-noise one, extrapolated below the first label, 0.0526 (later-end labels: 0.0545).
+    assert np.abs(share[1:] - 0.05).max() < 1e-3
+    assert share[0] == pytest.approx(0.0526, abs=5e-4)

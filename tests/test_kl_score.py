@@ -300,7 +300,7 @@ def test_default_timesteps_of_a_continuous_schedule():
     mu, var, data = gaussian_problem(3, 20, seed=0)
     score = gaussian_mixture_score(mu[None], var[None], torch.ones(1), schedule)
     df = estimate_kl_score(score, data, schedule, num_samples=8, generator=gen(0), grid_points=5)
-    np.testing.assert_allclose(df.unit, [0.3, 0.5, 0.7, 0.9])
+    np.testing.assert_allclose(df.unit, [0.2, 0.4, 0.6, 0.8])  # pair midpoints in u
     np.testing.assert_allclose(df.t_prev, default_timesteps(schedule, 5)[:-1].numpy())
 
 

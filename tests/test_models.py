@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dit_official import dit_reference_pos_embed, official_state
 from torch import nn
 
 from diffusion_curriculum.models import MODELS, count_parameters, create_model
-from diffusion_curriculum.models.dit import DiT, sincos_pos_embed_2d
+from diffusion_curriculum.models.dit import (
+    DiT,
+    load_dit_checkpoint,
+    official_dit_key,
+    sincos_pos_embed_2d,
+)
 from diffusion_curriculum.models.layers import timestep_embedding
 
 DIT_SIZES = ["tiny", "S", "B", "L", "XL"]
@@ -277,3 +283,56 @@ def test_training_from_default_init_reaches_every_parameter(name):
     assert not dead, f"parameters without gradient after training: {dead}"
     with torch.no_grad():
         assert (model(x, t, y) - x).pow(2).mean().item() < first
+
+
+# --------------------------------------------------------------------------- official DiT weights
+
+
+@pytest.mark.parametrize("dim,size", [(64, 4), (128, 8), (1152, 16)])
+def test_pos_embed_is_dits_layout(dim, size):
+    ours = sincos_pos_embed_2d(dim, size, size)
+    ref = torch.from_numpy(dit_reference_pos_embed(dim, size)).float()
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+    # Columns in the first half: tokens 0 and 1 (same row, next column) differ there, not in the second.
+    assert torch.equal(ours[0, dim // 2 :], ours[1, dim // 2 :]) and not torch.equal(ours[0], ours[1])
+
+
+def test_every_official_dit_key_maps_to_a_parameter_of_the_same_shape():
+    state = official_state(learn_sigma=False)
+    net = DiT(input_size=8, in_channels=4, patch_size=2, depth=2, hidden_size=64, num_heads=4, num_classes=10)
+    own = net.state_dict()
+    mapped = {official_dit_key(k): v for k, v in state.items() if k != "pos_embed"}
+    assert set(mapped) == set(own)
+    assert all(own[k].shape == v.shape for k, v in mapped.items())
+    with pytest.raises(KeyError, match="not a key"):
+        official_dit_key("blocks.0.norm1.weight")
+
+
+def test_load_dit_checkpoint_from_a_file(tmp_path):
+    state = official_state(learn_sigma=True)
+    path = tmp_path / "DiT-tiny.pt"
+    torch.save(state, path)
+    net = load_dit_checkpoint(path, num_heads=4)
+    assert (net.patch_size, net.grid, net.in_channels, net.num_classes) == (2, (4, 4), 4, 10)
+    assert len(net.blocks) == 2
+    torch.testing.assert_close(net.pos_embed[0], state["pos_embed"][0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(net.blocks[1].mlp[2].weight, state["blocks.1.mlp.fc2.weight"])
+    torch.testing.assert_close(net.y_embed.table.weight, state["y_embedder.embedding_table.weight"])
+    # Learned variance dropped: output row r of DiT is (patch cell r // 8, channel r % 8); the eps
+    # channels 0..3 of every cell are kept, in order.
+    rows = [r for r in range(2 * 2 * 8) if r % 8 < 4]
+    torch.testing.assert_close(net.final.linear.weight, state["final_layer.linear.weight"][rows])
+    torch.testing.assert_close(net.final.linear.bias, state["final_layer.linear.bias"][rows])
+    x, t, y = _inputs(2, 4, 8)
+    assert net(x, t, y).shape == x.shape
+
+
+def test_load_dit_checkpoint_finds_registered_sizes_and_refuses_wrong_tables():
+    state = official_state(depth=4, hidden=128, patch=4, channels=1, grid=4, classes=3)
+    net = load_dit_checkpoint({"ema": state, "model": {}})  # a train.py checkpoint: its EMA weights
+    assert net.model_name == "DiT-tiny/4" and net.blocks[0].attn.num_heads == 4
+    bad = dict(state, pos_embed=torch.from_numpy(dit_reference_pos_embed(128, 4)[:, ::-1].copy())[None])
+    with pytest.raises(ValueError, match="pos_embed"):
+        load_dit_checkpoint(bad)
+    with pytest.raises(ValueError, match="blocks.0.attn.qkv.bias"):
+        load_dit_checkpoint(dict(state, **{"blocks.0.attn.qkv.bias": torch.zeros(5)}))

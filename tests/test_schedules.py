@@ -241,3 +241,22 @@ def test_make_schedule():
     assert isinstance(make_schedule("flow"), FlowSchedule)
     with pytest.raises(ValueError, match="'ve'"):
         make_schedule("ve")
+
+
+@pytest.mark.parametrize("T", [50, 100, 250, 1000, 4000])
+def test_linear_betas_scale_with_num_timesteps_as_in_adm(T):
+    # ADM / DiT (get_named_beta_schedule): scale = 1000 / T, betas = linspace(scale 1e-4, scale 0.02, T).
+    scale = 1000.0 / T
+    betas = [scale * 1e-4 + (scale * 0.02 - scale * 1e-4) * i / (T - 1) for i in range(T)]
+    abar_end = math.prod(1.0 - b for b in betas)
+    s = VPSchedule(beta_schedule="linear", num_timesteps=T)
+    torch.testing.assert_close(s.betas, torch.tensor(betas, dtype=torch.float64), rtol=1e-12, atol=0)
+    assert s.alphas_cumprod[-1].item() == pytest.approx(abar_end, rel=1e-9)
+    # Every T ends near pure noise (ADM: ~2e-5 at T = 100), not at 0.36 as unscaled betas would.
+    assert s.alphas_cumprod[-1].item() < 1e-4
+
+
+def test_linear_betas_are_clipped_where_the_scaled_ones_reach_one():
+    s = VPSchedule(beta_schedule="linear", num_timesteps=10)
+    assert s.betas.max().item() == 0.999
+    assert bool((s.alphas_cumprod > 0).all())

@@ -5,6 +5,7 @@ import inspect
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy import stats
@@ -139,16 +140,22 @@ def uniform_union_cdf(intervals):
 #  15   0.5   1              reset                           0         2      0.5
 #  16-17 0.5  0.5            p=1, 2                          2         2      0.5
 #  18   0.5   0.5            p+1=3 > 2: next stage           0         3      inf   <- transition at 18
-#  19-22 9                   stage 3 = N-1 holds every cluster: pacing frozen, no more transitions
+#  19   9     inf            reset                           0         3      9
+#  20-21 9    9              p=1, 2                          2         3      9
+#  22   9     9              p+1=3 > 2: exit (I_cur 1 -> 0)  0         3      inf   <- transition at 22
+#  23-24 0                   the curriculum has ended: pacing frozen (0 < inf would otherwise reset)
+# Stage 3 = N-1 already holds every cluster, so the exit (Algorithm 2's N-th transition) changes no draw.
 # Had L_best not been reset at step 8, steps 9-11 (6, 7, 7 >= 3) would exhaust the patience and the
 # second transition would come at step 11; had it not been set on the reset at step 5, the losses 3 and
 # 3.5 at steps 6-7 would count as improvements over 4 and the first transition would come later.
-SCRIPT = [5, 4, 4, 4.5, 3, 3, 3.5, 3.25, 6, 7, 7, 7, 1, 2, 0.5, 0.5, 0.5, 0.5, 9, 9, 9, 9]
-SCRIPT_STAGES = [0] * 7 + [1] * 4 + [2] * 6 + [3] * 5
+SCRIPT = [5, 4, 4, 4.5, 3, 3, 3.5, 3.25, 6, 7, 7, 7, 1, 2, 0.5, 0.5, 0.5, 0.5, 9, 9, 9, 9, 0, 0]
+SCRIPT_STAGES = [0] * 7 + [1] * 4 + [2] * 6 + [3] * 7
+# Both numberings: Algorithm 2's iteration counts from 0 (= step - 1), its index I_cur = N - stage.
 SCRIPT_TRANSITIONS = [
-    {"step": 8, "from_stage": 0, "to_stage": 1},
-    {"step": 12, "from_stage": 1, "to_stage": 2},
-    {"step": 18, "from_stage": 2, "to_stage": 3},
+    {"step": 8, "from_stage": 0, "to_stage": 1, "iteration": 7, "from_index": 4, "to_index": 3},
+    {"step": 12, "from_stage": 1, "to_stage": 2, "iteration": 11, "from_index": 3, "to_index": 2},
+    {"step": 18, "from_stage": 2, "to_stage": 3, "iteration": 17, "from_index": 2, "to_index": 1},
+    {"step": 22, "from_stage": 3, "to_stage": 4, "iteration": 21, "from_index": 1, "to_index": 0},
 ]
 
 
@@ -164,15 +171,19 @@ def test_dtd_pacing_follows_algorithms_1_and_2():
         if step == 9:  # the next loss becomes the new stage's best
             assert state["best"].item() == 6.0 and state["patience"].item() == 0
     assert stages == SCRIPT_STAGES
-    assert dtd.transitions() == SCRIPT_TRANSITIONS
+    assert dtd.transitions() == SCRIPT_TRANSITIONS  # N = 4 transitions, as Algorithm 2 makes
+    state = dtd.state_dict()
+    assert state["best"].item() == math.inf and state["patience"].item() == 0  # frozen after the exit
 
 
 def test_dtd_tau_max_zero_advances_on_every_non_improving_step():
     dtd = DTD(make_schedule("vp"), Intervals.uniform(3), tau_max=0)
-    # 1: best 1; 2: 1 >= 1 and 0 + 1 > 0 -> stage 1; 3: best 1 (reset); 4: stage 2 (= N-1, final).
-    for step, value in enumerate([1, 1, 1, 1, 1, 1], start=1):
+    # 1: best 1; 2: 1 >= 1 and 0 + 1 > 0 -> stage 1; 3: best 1 (reset); 4: stage 2 (= N-1, every
+    # cluster); 5: best 1; 6: the exit (I_cur 1 -> 0); 7-8: frozen.
+    for step, value in enumerate([1, 1, 1, 1, 1, 1, 1, 1], start=1):
         dtd.observe(step, None, batch_loss(value))
-    assert [r["step"] for r in dtd.transitions()] == [2, 4]
+    assert [r["step"] for r in dtd.transitions()] == [2, 4, 6]
+    assert [r["to_index"] for r in dtd.transitions()] == [2, 1, 0]
     assert dtd.stage == 2
 
 
@@ -307,9 +318,9 @@ def test_naive_cl_fixed_pacing():
     # The stage of step k (1-based) is floor((k - 1) / 5), read after observe(k): floor(k / 5).
     assert stages == [min(k // 5, 3) for k in range(1, 21)]
     assert naive.transitions() == [
-        {"step": 5, "from_stage": 0, "to_stage": 1},
-        {"step": 10, "from_stage": 1, "to_stage": 2},
-        {"step": 15, "from_stage": 2, "to_stage": 3},
+        {"step": 5, "from_stage": 0, "to_stage": 1, "iteration": 4, "from_index": 4, "to_index": 3},
+        {"step": 10, "from_stage": 1, "to_stage": 2, "iteration": 9, "from_index": 3, "to_index": 2},
+        {"step": 15, "from_stage": 2, "to_stage": 3, "iteration": 14, "from_index": 2, "to_index": 1},
     ]
     naive.before_step(7, None)  # stage 1: C_3 ∪ C_4 = u in [0.5, 1)
     t = naive.sample(N_DRAWS, torch.Generator().manual_seed(0))
@@ -458,6 +469,75 @@ def test_speed_weights_have_mean_one_on_flow(weighting):
     w = speed.weights(speed.sample(200_000, torch.Generator().manual_seed(3))).double()
     assert w.mean().item() == pytest.approx(1.0, abs=0.01)
     assert SpeeD(make_schedule("flow"), Intervals.uniform(4), weighting="none").weights(w) is None
+
+
+# speed, variant official: Speed_IDDPM of NUS-HPC-AI-Lab/SpeeD as its released configurations run it
+# (k = 5, lam = 0.6, tau = 700, sampling and weighting "ours"), its formulas written out here in NumPy.
+
+
+def official_reference(schedule, k=5.0, tau=700):
+    abar = schedule.alphas_cumprod.numpy()
+    # meaningful_steps = np.argmax(np.gradient(sqrt(1 - alpha_bar)) < 1e-4) + 1
+    m = int(np.argmax(np.gradient(np.sqrt(1 - abar)) < 1e-4)) + 1
+    p = np.array([k] * tau + [1.0] * (len(abar) - tau))
+    p /= p.sum()
+    t = np.arange(len(abar))
+    dual = np.where(t < m, m - t, t - m)
+    q = np.bincount(dual, weights=p, minlength=len(abar))  # the law of the reflected draws
+    return abar, m, p, dual, q
+
+
+def test_speed_official_density_and_dual_marginal():
+    schedule = make_schedule("vp")
+    abar, m, p, dual, q = official_reference(schedule)
+    assert m == 642
+    speed = make_strategy(
+        "speed", schedule, Intervals.uniform(4), variant="official", k=5.0, tau=0.7, dual=True
+    )
+    assert speed.meaningful_steps == 642 and speed.tau_steps == 700
+    # Batch 8: torch.multinomial(p, 8 // 2 + 1) then cat([t, dual_t])[:8]: 5 direct draws, 3 reflections.
+    g = torch.Generator().manual_seed(11)
+    batches = torch.stack([speed.sample(8, g) for _ in range(25_000)])
+    assert torch.equal(batches[:, 5:], torch.from_numpy(dual)[batches[:, :3]])
+    assert vp_fit(batches[:, :5].flatten(), torch.from_numpy(p)) > P_MIN
+    marginal = (5 * p + 3 * q) / 8
+    assert vp_fit(batches.flatten(), torch.from_numpy(marginal)) > P_MIN
+    torch.testing.assert_close(speed.official_pmf(8), torch.from_numpy(marginal), rtol=1e-12, atol=1e-15)
+    # The paper variant's dual marginal (reflection about its own tau, even split) is another law.
+    paper = make_strategy("speed", schedule, Intervals.uniform(4), k=5.0, tau=0.7, dual=True)
+    assert vp_fit(paper.sample(N_DRAWS, torch.Generator().manual_seed(12)), torch.from_numpy(marginal)) < 1e-6
+    # dual: false is their "no_dual": every draw from p.
+    plain = make_strategy("speed", schedule, Intervals.uniform(4), variant="official", tau=0.7)
+    assert vp_fit(plain.sample(N_DRAWS, torch.Generator().manual_seed(13)), torch.from_numpy(p)) > P_MIN
+
+
+def test_speed_official_weights():
+    schedule = make_schedule("vp")
+    abar = schedule.alphas_cumprod.numpy()
+    t = torch.arange(1000)
+    # weighting "ours": k = 1 - lam; k + (1 - 2k) * minmax(np.gradient(1 - alpha_bar)) below tau, 1 above.
+    r = np.gradient(1 - abar)
+    ours = 0.4 + 0.2 * (r - r.min()) / (r.max() - r.min())
+    ours[700:] = 1.0
+    speed = SpeeD(schedule, Intervals.uniform(4), variant="official", tau=0.7, weight_lambda=0.6)
+    w = speed.weights(t)
+    assert w.dtype == torch.float32
+    np.testing.assert_allclose(w.numpy(), ours, rtol=1e-6)
+    assert w[:700].min() >= 0.4 and w[:700].max() <= 0.6 + 1e-6 and w[700:].eq(1).all()
+    # weighting "p2": 1 / (p2_k + snr)^gamma with k = gamma = 1, snr = 1 / (1 - alpha_bar) - 1; unnormalised.
+    p2 = SpeeD(schedule, Intervals.uniform(4), variant="official", tau=0.7, weighting="p2")
+    np.testing.assert_allclose(p2.weights(t).numpy(), 1 / (1 + (1 / (1 - abar) - 1)), rtol=1e-6)
+    none = SpeeD(schedule, Intervals.uniform(4), variant="official", tau=0.7, weighting="none")
+    assert none.weights(t) is None
+
+
+def test_speed_official_needs_a_discrete_schedule_and_a_fixed_threshold():
+    with pytest.raises(ValueError, match="discrete VP"):
+        SpeeD(make_schedule("edm"), Intervals.uniform(4), variant="official", tau=0.7)
+    with pytest.raises(ValueError, match="0.7"):
+        SpeeD(make_schedule("vp"), Intervals.uniform(4), variant="official")
+    with pytest.raises(ValueError, match="variant"):
+        SpeeD(make_schedule("vp"), Intervals.uniform(4), variant="authors")
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -101,7 +101,7 @@ import torch
 
 from .schedules import NoiseSchedule
 
-__all__ = ["estimate_kl", "default_timesteps", "gaussian_reference", "gaussian_kl"]
+__all__ = ["estimate_kl", "default_timesteps", "gaussian_reference", "gaussian_kl", "pair_units"]
 
 # Exponent entries (pairs x samples x components) materialised at once: 128 MiB in float64.
 _BATCH_ELEMENTS = 1 << 24
@@ -120,6 +120,23 @@ def default_timesteps(schedule: NoiseSchedule, num_points: int = 100) -> torch.T
         raise ValueError(f"num_points must be an integer >= 2, got {num_points!r}")
     u = (torch.arange(num_points, dtype=torch.float64) + 0.5) / num_points
     return schedule.from_unit(u)
+
+
+def pair_units(schedule: NoiseSchedule, times: torch.Tensor) -> torch.Tensor:
+    """Where on the unit interval each consecutive pair (times[k-1], times[k]) is reported (float64).
+
+    Discrete schedules (VP): ``to_unit(t)`` of the later step, since D_KL(p_{t-1} || p_t) is the
+    difficulty of timestep t (the paper's labelling; pairs are one step apart).  Continuous schedules
+    (EDM, flow): the midpoint of the pair in u, (to_unit(t_prev) + to_unit(t)) / 2, because the pair
+    measures the difficulty of the whole step between them.  Labelling a continuous pair with its later
+    end shifts every sample of the difficulty density by half a grid step towards high noise; on the
+    100-point grid that overweighted the lowest-noise equal-share cluster (0.0545 of the total instead
+    of 0.0526 on EDM).
+    """
+    u = schedule.to_unit(times).to(torch.float64)
+    if schedule.discrete:
+        return u[1:]
+    return 0.5 * (u[:-1] + u[1:])
 
 
 def estimate_kl(
@@ -154,7 +171,8 @@ def estimate_kl(
 
     Returns:
         DataFrame, one row per pair, with columns ``t`` (native time of the later marginal p_t),
-        ``t_prev``, ``unit`` (``schedule.to_unit(t)``), ``kl`` (nats) and ``kl_stderr`` (the Monte-Carlo
+        ``t_prev``, ``unit`` (the pair's place on the unit interval, :func:`pair_units`: the later
+        step for VP, the midpoint in u for EDM and flow), ``kl`` (nats) and ``kl_stderr`` (the Monte-Carlo
         standard error of ``kl`` over the M samples; NaN when M = 1).
     """
     if not isinstance(data, torch.Tensor) or data.ndim < 2:
@@ -231,7 +249,7 @@ def estimate_kl(
         {
             "t": t_out[1:].numpy(),
             "t_prev": t_out[:-1].numpy(),
-            "unit": schedule.to_unit(t_out[1:]).to(torch.float64).numpy(),
+            "unit": pair_units(schedule, t_out).numpy(),
             "kl": kl.cpu().numpy(),
             "kl_stderr": stderr.cpu().numpy(),
         }

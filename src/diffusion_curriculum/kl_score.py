@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 import torch
 
-from .kl import _check_timesteps, _sample_indices, default_timesteps
+from .kl import _check_timesteps, _sample_indices, default_timesteps, pair_units
 from .schedules import NoiseSchedule
 
 __all__ = [
@@ -87,7 +87,7 @@ def estimate_kl_score(
         grid_points: number of default times of a continuous schedule.
 
     Returns:
-        DataFrame, one row per pair: ``t`` (the later time), ``t_prev``, ``unit`` (``schedule.to_unit(t)``),
+        DataFrame, one row per pair: ``t`` (the later time), ``t_prev``, ``unit`` (:func:`.kl.pair_units`),
         ``kl`` (nats), ``kl_stderr`` (Monte-Carlo standard error), ``kl_first_order_ok`` (see the module
         docstring), ``g_mean`` and ``g_mean_stderr`` (the mean of g over the samples) and
         ``score_consistent``: ``|g_mean| <= 3 g_mean_stderr``.  For the true score E[g] = 0 exactly
@@ -159,7 +159,7 @@ def estimate_kl_score(
         {
             "t": times[1:].numpy(),
             "t_prev": times[:-1].numpy(),
-            "unit": schedule.to_unit(times[1:]).to(torch.float64).numpy(),
+            "unit": pair_units(schedule, times).numpy(),
             "kl": kl,
             "kl_stderr": stderr,
             "kl_first_order_ok": ok,

@@ -95,7 +95,12 @@ class VPSchedule(NoiseSchedule):
     """Discrete variance-preserving schedule (DDPM).  t is an integer in [0, T-1]; t = 0 is the first
     noising step, so alpha_bar[0] = 1 - beta[0] < 1.
 
-    beta_schedule ``linear``: beta evenly spaced in [1e-4, 0.02] (Ho et al. 2020).
+    beta_schedule ``linear``: beta evenly spaced in [1e-4, 0.02] at T = 1000 (Ho et al. 2020); for
+    other T both ends are scaled by 1000/T, the rule of ADM and DiT (``get_named_beta_schedule`` in
+    openai/improved-diffusion and facebookresearch/DiT), so that the product of (1 - beta) and hence the
+    end point alpha_bar[T-1] ~ 4e-5 barely depend on T.  Without it T = 100 would end at
+    alpha_bar = 0.36 and sampling would start far from the prior.  For T <= 20 the scaled betas reach 1 (ADM
+    then fails); they are clipped at 0.999, as the cosine schedule's are.
     ``cosine``: alpha_bar(t) = f(t)/f(0), f(t) = cos^2(((t/T + s)/(1 + s)) pi/2), s = 0.008, beta clipped
     at 0.999 (Nichol & Dhariwal 2021).
     """
@@ -113,7 +118,10 @@ class VPSchedule(NoiseSchedule):
         if T < 2:
             raise ValueError(f"num_timesteps must be >= 2, got {T}")
         if self.beta_schedule == "linear":
-            betas = torch.linspace(self.beta_start, self.beta_end, T, dtype=torch.float64)
+            scale = 1000.0 / T
+            betas = torch.linspace(
+                self.beta_start * scale, self.beta_end * scale, T, dtype=torch.float64
+            ).clamp(max=0.999)
         elif self.beta_schedule == "cosine":
             steps = torch.arange(T + 1, dtype=torch.float64) / T
             f = torch.cos((steps + self.cosine_s) / (1 + self.cosine_s) * math.pi / 2).square()

@@ -24,6 +24,8 @@ does not encode order itself.
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +41,7 @@ from .layers import (
     embed_conditions,
 )
 
-__all__ = ["DIT_SIZES", "DiT", "sincos_pos_embed_2d"]
+__all__ = ["DIT_SIZES", "DiT", "load_dit_checkpoint", "official_dit_key", "sincos_pos_embed_2d"]
 
 # (depth, hidden size, heads).  S/B/L/XL are the paper's Table 1; "tiny" is our CPU-sized model.
 DIT_SIZES: dict[str, tuple[int, int, int]] = {
@@ -61,15 +63,19 @@ def _sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
 def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
     """Fixed 2-D sine-cosine position embedding, shape (grid_h * grid_w, dim), row-major tokens.
 
-    Half of the channels encode the row index and half the column index; ``dim`` must be a
-    multiple of 4.  Computed in float64 (then cast) so it does not depend on the model's dtype.
+    DiT's layout (``get_2d_sincos_pos_embed`` in facebookresearch/DiT, from MAE): the first dim/2
+    channels encode the token's *column* index and the last dim/2 its *row* index, each as dim/4 sines
+    then dim/4 cosines of position * 10000^(-k / (dim/4)).  (DiT's meshgrid puts w first, so its
+    "emb_h" half is in fact the column.)  Official DiT weights were trained with exactly this table.
+    ``dim`` must be a multiple of 4.  Computed in float64 (then cast) so it does not depend on the
+    model's dtype.
     """
     if dim % 4:
         raise ValueError(f"2-D sin-cos position embedding needs dim divisible by 4, got {dim}")
     rows, cols = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
-    emb_rows = _sincos_1d(dim // 2, rows.reshape(-1))
     emb_cols = _sincos_1d(dim // 2, cols.reshape(-1))
-    return torch.cat([emb_rows, emb_cols], dim=1).float()
+    emb_rows = _sincos_1d(dim // 2, rows.reshape(-1))
+    return torch.cat([emb_cols, emb_rows], dim=1).float()
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -262,3 +268,131 @@ class DiT(nn.Module):
         c = self.t_embed(batch_times(t, b, x.device)) + self.text_embed.pool(text)
         context = self.text_token_proj(text.to(self.text_token_proj.weight.dtype)) + self.text_token_pos
         return c, context
+
+
+# ----------------------------------------------------------------------------------------------------
+# Official DiT checkpoints (facebookresearch/DiT ``models.py`` state dicts)
+
+#: Official key (regular expression) -> this module's key.  Blocks keep their index.
+_OFFICIAL_KEYS: tuple[tuple[str, str], ...] = (
+    (r"x_embedder\.proj\.(weight|bias)", r"patch_embed.\1"),
+    (r"t_embedder\.mlp\.([02])\.(weight|bias)", r"t_embed.mlp.\1.\2"),
+    (r"y_embedder\.embedding_table\.weight", r"y_embed.table.weight"),
+    (r"blocks\.(\d+)\.attn\.(qkv|proj)\.(weight|bias)", r"blocks.\1.attn.\2.\3"),
+    (r"blocks\.(\d+)\.mlp\.fc1\.(weight|bias)", r"blocks.\1.mlp.0.\2"),
+    (r"blocks\.(\d+)\.mlp\.fc2\.(weight|bias)", r"blocks.\1.mlp.2.\2"),
+    (r"blocks\.(\d+)\.adaLN_modulation\.1\.(weight|bias)", r"blocks.\1.modulation.1.\2"),
+    (r"final_layer\.linear\.(weight|bias)", r"final.linear.\1"),
+    (r"final_layer\.adaLN_modulation\.1\.(weight|bias)", r"final.modulation.1.\1"),
+)
+
+
+def official_dit_key(key: str) -> str | None:
+    """This module's parameter name for a key of an official DiT state dict; None for ``pos_embed``
+    (a fixed table here, recomputed and compared instead of loaded).  Unknown keys raise KeyError."""
+    if key == "pos_embed":
+        return None
+    for pattern, target in _OFFICIAL_KEYS:
+        if re.fullmatch(pattern, key):
+            return re.sub(pattern, target, key)
+    raise KeyError(f"{key!r} is not a key of an official DiT state dict")
+
+
+def load_dit_checkpoint(
+    source: str | Path | dict[str, torch.Tensor],
+    *,
+    num_heads: int | None = None,
+    class_dropout: float = 0.1,
+) -> DiT:
+    """Build a :class:`DiT` from an official DiT checkpoint (Peebles & Xie's released
+    ``DiT-XL-2-256x256.pt`` etc., or a ``train.py`` checkpoint, whose ``"ema"`` weights are used).
+
+    The architecture is read from the tensors: depth from the number of blocks, hidden size and patch
+    from ``x_embedder.proj.weight`` (hidden, C, p, p), the grid from ``pos_embed`` (1, h*w, hidden),
+    square as in DiT, the classes from ``y_embedder.embedding_table`` (num_classes + 1 rows; DiT adds
+    the null row whenever its label dropout is on, as every released model has), the MLP ratio and
+    the frequency size from the first MLP and timestep layers.  The head count is not stored: it is
+    looked up in :data:`DIT_SIZES` by (depth, hidden size), or must be given.
+
+    Learned variance: DiT's released models predict 2C channels, eps and the variance interpolation v
+    (Nichol & Dhariwal 2021).  They are **dropped**: the final linear layer keeps the rows of the first
+    C channels (its outputs are ordered (p, q, channel), channel fastest, as DiT's ``unpatchify`` reads
+    them), so the net predicts eps only and samples with a fixed variance (``sample.ddpm_variance``).
+
+    Every official key must map to a parameter of the same shape and every parameter must be set;
+    the checkpoint's ``pos_embed`` must equal :func:`sincos_pos_embed_2d` (it is recomputed, not
+    loaded).  Anything else is a ValueError naming the key.  The model is returned in eval mode, with
+    ``model_name`` ``"DiT-<size>/<p>"`` when the size is a registered one.
+    """
+    if isinstance(source, dict):
+        state = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"DiT checkpoint not found: {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if "ema" in state and isinstance(state["ema"], dict):
+        state = state["ema"]
+    for key in ("x_embedder.proj.weight", "pos_embed", "final_layer.linear.weight"):
+        if key not in state:
+            raise ValueError(f"not an official DiT state dict: {key!r} is missing")
+    hidden, in_channels, patch, _ = state["x_embedder.proj.weight"].shape
+    tokens = state["pos_embed"].shape[1]
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        raise ValueError(f"pos_embed has {tokens} tokens, not a square grid")
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    table = state.get("y_embedder.embedding_table.weight")
+    num_classes = 0 if table is None else table.shape[0] - 1
+    if num_heads is None:
+        sizes = {(d, h): (name, heads) for name, (d, h, heads) in DIT_SIZES.items()}
+        if (depth, hidden) not in sizes:
+            raise ValueError(
+                f"DiT checkpoint of depth {depth} and hidden size {hidden} is not a registered size; "
+                "give num_heads"
+            )
+        num_heads = sizes[(depth, hidden)][1]
+    net = DiT(
+        input_size=side * patch,
+        in_channels=in_channels,
+        patch_size=patch,
+        depth=depth,
+        hidden_size=hidden,
+        num_heads=num_heads,
+        mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / hidden,
+        num_classes=num_classes,
+        class_dropout=class_dropout,
+        frequency_dim=state["t_embedder.mlp.0.weight"].shape[1],
+    )
+    out_rows = state["final_layer.linear.weight"].shape[0]
+    if out_rows == 2 * patch * patch * in_channels:  # learned variance: keep the eps channels
+        keep = lambda w: w.reshape(patch * patch, 2 * in_channels, *w.shape[1:])[:, :in_channels]  # noqa: E731
+        state = dict(state)
+        for name in ("final_layer.linear.weight", "final_layer.linear.bias"):
+            w = state[name]
+            state[name] = keep(w).reshape(patch * patch * in_channels, *w.shape[1:])
+    own = net.state_dict()
+    converted = {}
+    for key, value in state.items():
+        try:
+            target = official_dit_key(key)
+        except KeyError as err:
+            raise ValueError(f"unexpected key in the DiT checkpoint: {err.args[0]}") from None
+        if target is None:
+            continue
+        if target not in own or own[target].shape != value.shape:
+            expected = tuple(own[target].shape) if target in own else "no such parameter"
+            raise ValueError(
+                f"DiT checkpoint key {key!r} has shape {tuple(value.shape)}, {target!r} here is {expected}"
+            )
+        converted[target] = value
+    missing = sorted(set(own) - set(converted))
+    if missing:
+        raise ValueError(f"the DiT checkpoint sets no value for {', '.join(missing)}")
+    net.load_state_dict(converted)
+    if not torch.allclose(state["pos_embed"].float().reshape(net.pos_embed.shape), net.pos_embed, atol=1e-5):
+        raise ValueError("the DiT checkpoint's pos_embed differs from DiT's 2-D sin-cos table")
+    size = next((n for n, (d, h, _) in DIT_SIZES.items() if (d, h) == (depth, hidden)), None)
+    if size is not None:
+        net.model_name = f"DiT-{size}/{patch}"
+    return net.eval()

@@ -11,7 +11,8 @@ Input tables
   ``loss`` (NaN when ``count`` is 0).
 * ``train_log``: ``method``, ``seed``, ``step``, ``loss``, ``stage`` (curriculum stage; constant for the
   methods without a curriculum).
-* ``transitions``: ``method``, ``seed``, ``step``, ``from_stage``, ``to_stage`` (may be empty).
+* ``transitions``: ``method``, ``seed``, ``step``, ``from_stage``, ``to_stage`` (may be empty; the
+  strategies also write Algorithm 2's ``iteration``, ``from_index``, ``to_index``).
 * ``kl``: ``t``, ``unit`` (t in [0, 1]), ``kl``, ``kl_stderr``.
 * ``convergence``: ``interval`` (1..N), ``unit_low``, ``unit_high``, ``oscillation_onset``,
   ``plateau_step``, ``final_loss`` (more columns are ignored).

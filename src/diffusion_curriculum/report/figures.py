@@ -406,10 +406,12 @@ def plot_curriculum_timeline(
     for the mean over seeds (fractional where the seeds are at different stages).
 
     Stage ``n`` of the cluster curricula samples the ``n + 1`` first clusters of the curriculum's order
-    (for ``dtd``/``naive_cl`` the ``n + 1`` easiest).  Methods whose stage never changes (no curriculum:
-    ``vanilla``, the weightings) get no panel but are named in the title -- unless no method has a
-    curriculum, then their flat lines are all there is to show.  ``transitions`` may be empty or ``None``;
-    stages then come from the training log alone.
+    (for ``dtd``/``naive_cl`` the ``n + 1`` easiest).  ``dtd``'s last transition, to stage N, is
+    Algorithm 2's exit (I_cur = 1 -> 0): from there on ordinary training, which draws what stage N - 1
+    drew; with it a completed curriculum shows the paper's N transitions.  Methods whose stage never
+    changes (no curriculum: ``vanilla``, the weightings) get no panel but are named in the title --
+    unless no method has a curriculum, then their flat lines are all there is to show.  ``transitions``
+    may be empty or ``None``; stages then come from the training log alone.
     """
     _require_columns(train_log, ["method", "seed", "step", "stage"], "train_log")
     log = _nonempty(train_log, "train_log")
@@ -451,7 +453,7 @@ def plot_curriculum_timeline(
         _iteration_axis(ax, label=False)
     axes[0].set_ylim(-0.06 * max(max_stage, 1) - 0.3, max_stage + 0.06 * max(max_stage, 1) + 0.3)
     axes[-1].set_xlabel("training iteration")
-    fig.supylabel("curriculum stage n\n(n + 1 clusters sampled)", fontsize=11)
+    fig.supylabel("curriculum stage n\n(n + 1 clusters sampled; N: ended)", fontsize=11)
     note = "thin: single seeds, thick: mean over seeds"
     if curricular and flat:
         note += "; no stage change: " + ", ".join(flat)

@@ -160,7 +160,8 @@ class TimestepStrategy:
         return 0
 
     def transitions(self) -> list[dict]:
-        """Every stage change so far as ``{"step", "from_stage", "to_stage"}`` rows; read only at log time."""
+        """Every stage change so far as rows with :data:`.curriculum.TRANSITION_COLUMNS`; read only at log
+        time."""
         return []
 
     def state_dict(self) -> dict:

@@ -32,7 +32,23 @@ from .base import (
     unit_draw,
 )
 
-__all__ = ["DTD", "AntiCL", "NaiveCL"]
+__all__ = ["DTD", "AntiCL", "NaiveCL", "TRANSITION_COLUMNS", "transition_row"]
+
+#: Columns of a transition row: this package's step and 0-based stages, Algorithm 2's 0-based iteration
+#: and curriculum index I_cur (N = the easiest cluster alone, 0 = the curriculum has ended).
+TRANSITION_COLUMNS = ["step", "from_stage", "to_stage", "iteration", "from_index", "to_index"]
+
+
+def transition_row(step: int, stage: int, num_stages: int) -> dict:
+    """The stage change ``stage -> stage + 1`` after update ``step``, in both numberings."""
+    return {
+        "step": step,
+        "from_stage": stage,
+        "to_stage": stage + 1,
+        "iteration": step - 1,
+        "from_index": num_stages - stage,
+        "to_index": num_stages - stage - 1,
+    }
 
 
 class _CumulativeCurriculum(TimestepStrategy):
@@ -88,9 +104,10 @@ class DTD(_CumulativeCurriculum):
     the patience was reset.  The comparison is strict, so an equal loss counts against the patience, and
     a stage ends on the (tau_max + 1)-th consecutive step without a new best.  A NaN loss never counts as
     an improvement.  Algorithm 2 starts at I_cur = N (the easiest cluster, stage 0 here, with
-    n = N - I_cur) and loops while I_cur > 0; its last transition (I_cur = 1 -> 0) leaves the curriculum
-    for ordinary training over all t, which is what stage N-1 already samples, so the pacing state is
-    frozen once stage N-1 is reached and no further transition is recorded.
+    n = N - I_cur) and loops while I_cur > 0, so it makes N transitions; its last one (I_cur = 1 -> 0)
+    leaves the curriculum for ordinary training over all t.  Stage N-1 already samples every t, so that
+    exit changes no draw, but it is paced and recorded like the others (row ``to_stage = N``), after which
+    the pacing state is frozen.
 
     Parameters:
         tau_max: maximum patience tau_max (200; the paper uses 400 for DiT-L/2).
@@ -103,8 +120,16 @@ class DTD(_CumulativeCurriculum):
     Sync-free: the stage, patience, best signal, EMA and transition steps are tensors on the loss's
     device, updated with ``torch.where``; ``sample`` picks the stage's table row with ``index_select``.
     Only ``stage`` and ``transitions()`` (read at log time) copy values to the host.
-    Transition rows: ``{"step": s, "from_stage": n, "to_stage": n + 1}``, where s is the step after
-    whose update the stage changed (step s + 1 is the first one drawn from stage n + 1).
+    Transition rows (:meth:`transitions`), in both numberings:
+
+    * this package's: ``step`` s = the number of updates completed when the stage changed (step s + 1
+      is the first one drawn from the new stage), ``from_stage`` n -> ``to_stage`` n + 1 (0-based
+      stages; ``to_stage = N`` is the exit);
+    * Algorithm 2's: ``iteration`` = s - 1 (its loop iterations counted from 0: the iteration whose
+      pacing call changed I_cur), ``from_index`` I_cur = N - n -> ``to_index`` N - n - 1 (the last
+      row is I_cur = 1 -> 0).
+
+    A run that completes the curriculum has N rows, as in the paper.
     """
 
     name = "dtd"
@@ -129,7 +154,7 @@ class DTD(_CumulativeCurriculum):
         self.pacing_signal = pacing_signal
         self.ema_beta = float(ema_beta)
         self._consts = DeviceTables()
-        self._consts.add("stage_ids", torch.arange(max(self.num_stages - 1, 0)))
+        self._consts.add("stage_ids", torch.arange(self.num_stages))
         self._state = self._initial_state()
 
     @staticmethod
@@ -143,8 +168,9 @@ class DTD(_CumulativeCurriculum):
             "best": torch.full((), math.inf, dtype=torch.float64),
             "ema": torch.zeros((), dtype=torch.float64),
             "ema_count": torch.zeros((), dtype=torch.long),
-            # transition_steps[n]: the step after which stage n -> n + 1 happened; -1 = not yet.
-            "transition_steps": torch.full((max(self.num_stages - 1, 0),), -1, dtype=torch.long),
+            # transition_steps[n]: the step after which stage n -> n + 1 happened (n = N-1: the exit,
+            # Algorithm 2's I_cur = 1 -> 0); -1 = not yet.
+            "transition_steps": torch.full((self.num_stages,), -1, dtype=torch.long),
         }
 
     def _on(self, device: torch.device) -> dict[str, torch.Tensor]:
@@ -167,12 +193,12 @@ class DTD(_CumulativeCurriculum):
         else:
             count, ema, signal = s["ema_count"], s["ema"], current
         stage, patience, best = s["stage"], s["patience"], s["best"]
-        active = stage < self.num_stages - 1  # pacing is frozen once every cluster is in
+        active = s["transition_steps"][-1] < 0  # pacing is frozen once the curriculum has exited
         improved = signal < best
         advance = active & ~improved & (patience + 1 > self.tau_max)
         reset = improved | advance
         new = {
-            "stage": stage + advance.long(),
+            "stage": (stage + advance.long()).clamp(max=self.num_stages - 1),  # the exit keeps N-1
             "patience": torch.where(reset, 0, patience + 1),
             "best": torch.where(advance, math.inf, torch.where(improved, signal, best)),
             "ema": torch.where(advance, 0.0, ema),
@@ -189,7 +215,7 @@ class DTD(_CumulativeCurriculum):
 
     def transitions(self) -> list[dict]:
         steps = self._state["transition_steps"].tolist()
-        return [{"step": s, "from_stage": n, "to_stage": n + 1} for n, s in enumerate(steps) if s >= 0]
+        return [transition_row(s, n, self.num_stages) for n, s in enumerate(steps) if s >= 0]
 
     def state_dict(self) -> dict:
         return {k: v.clone() for k, v in self._state.items()}
@@ -204,7 +230,8 @@ class DTD(_CumulativeCurriculum):
             if value.shape != ref.shape:
                 raise ValueError(
                     f"strategy {self.name!r}: state {key!r} has shape {tuple(value.shape)}, expected "
-                    f"{tuple(ref.shape)} (a checkpoint written with another number of clusters?)"
+                    f"{tuple(ref.shape)} (a checkpoint written with another number of clusters, or "
+                    "before the curriculum's exit was recorded?)"
                 )
             loaded[key] = value.to(ref.dtype).clone()
         device = loaded["stage"].device
@@ -234,7 +261,8 @@ class NaiveCL(_CumulativeCurriculum):
     (N - 1) * stage_steps steps.  ``stage_steps`` has no default: the strategy does not know the run's
     length, so choose it in the configuration (e.g. the paper's equal split of the curriculum part of a
     run, iterations * fraction / N).  The step counter arrives through ``before_step`` (and ``observe``);
-    transitions are reported like :class:`DTD`'s (``step`` = the last step of the earlier stage).
+    transitions are reported like :class:`DTD`'s (``step`` = the last step of the earlier stage; both
+    numberings) but without an exit row: stage N-1 is ordinary training and has no end to pace.
     """
 
     name = "naive_cl"
@@ -261,8 +289,7 @@ class NaiveCL(_CumulativeCurriculum):
 
     def transitions(self) -> list[dict]:
         return [
-            {"step": n * self.stage_steps, "from_stage": n - 1, "to_stage": n}
-            for n in range(1, self.stage + 1)
+            transition_row(n * self.stage_steps, n - 1, self.num_stages) for n in range(1, self.stage + 1)
         ]
 
     def state_dict(self) -> dict:
