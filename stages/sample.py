@@ -51,7 +51,12 @@ def load_official_dit(path: str, params_file: str, device: str) -> tuple[Denoise
     """An official DiT checkpoint as a denoiser, with a stand-in for ``model.pt``'s metadata."""
     cfg = params.sections(params_file, "model", "diffusion")
     model_cfg, diff = cfg["model"], cfg["diffusion"]
-    net = load_dit_checkpoint(path, class_dropout=model_cfg["condition_dropout"])
+    try:
+        net = load_dit_checkpoint(path, class_dropout=model_cfg["condition_dropout"])
+    except InputFileError:
+        raise
+    except ValueError as err:  # the state dict is readable but not DiT's: name the file
+        raise InputFileError(path, str(err)) from None
     name = getattr(net, "model_name", None)
     if name != model_cfg["name"]:
         raise params.ParamsError(
@@ -141,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.weights:
         if args.expert:
-            raise ValueError("--expert stitches into a trained --model, not into --weights")
+            ap.error("--expert stitches into a trained --model, not into --weights")
         denoiser, ckpt = load_official_dit(args.weights, args.params, device)
         args.model = args.weights
     else:

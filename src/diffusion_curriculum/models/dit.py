@@ -327,10 +327,9 @@ def load_dit_checkpoint(
     if isinstance(source, dict):
         state = source
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"DiT checkpoint not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        from ..io import read_torch
+
+        state = read_torch(source, hint="an official DiT checkpoint")
     if "ema" in state and isinstance(state["ema"], dict):
         state = state["ema"]
     for key in ("x_embedder.proj.weight", "pos_embed", "final_layer.linear.weight"):
