@@ -45,9 +45,6 @@ from .schedules import NoiseSchedule
 __all__ = [
     "estimate_kl_score",
     "relative_density_change",
-    "score_from_eps_prediction",
-    "gaussian_mixture_score",
-    "gaussian_mixture_log_density",
 ]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -75,7 +72,8 @@ def estimate_kl_score(
     Args:
         score_fn: ``score_fn(x, t) -> s``: x (B, D) flattened samples at time t_prev (float64), t (B,)
             native times (int64 for VP, float64 otherwise); returns grad_x log p_t(x), shape (B, D),
-            differentiable w.r.t. x.  See :func:`score_from_eps_prediction`.
+            differentiable w.r.t. x (an x0-predicting network gives it by Tweedie's formula,
+            s = (alpha x0_hat - x) / sigma^2).
         data: (L, ...) floating tensor of data samples y in model space (each flattened to D values).
         schedule: the forward process x_t = alpha(t) x_0 + sigma(t) eps.
         timesteps: native times, strictly ascending, at least two; pairs are consecutive entries.  Default
@@ -217,89 +215,3 @@ def relative_density_change(
             div = torch.zeros_like(base) if vjp is None else (vjp.to(torch.float64) * v).sum(1)
             out.append(base + 0.5 * gamma * div)
     return torch.stack(out)
-
-
-def score_from_eps_prediction(
-    eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    schedule: NoiseSchedule,
-    *,
-    dtype: torch.dtype | None = None,
-) -> ScoreFn:
-    """The score of an eps-predicting network: s(x, t) = -eps_hat(x, t) / sigma(t).
-
-    ``eps_fn(x_flat, t) -> eps_hat_flat`` gets the flattened samples and the *native* times (reshape, and
-    map with ``schedule.model_time``, inside it).  ``dtype``: cast x to it first (e.g. torch.float32 for a
-    float32 network; the estimator accumulates in float64 anyway).
-    """
-    if not callable(eps_fn):
-        raise ValueError(f"eps_fn must be callable, got {type(eps_fn).__name__}")
-
-    def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        eps_hat = eps_fn(x if dtype is None else x.to(dtype), t)
-        _, sigma = schedule.alpha_sigma(torch.as_tensor(t, device=eps_hat.device))
-        return -eps_hat / sigma.to(dtype=eps_hat.dtype).reshape(-1, 1)
-
-    return score_fn
-
-
-def gaussian_mixture_score(
-    means: torch.Tensor, variances: torch.Tensor, weights: torch.Tensor, schedule: NoiseSchedule
-) -> ScoreFn:
-    """Exact score_fn of the marginals of Gaussian-mixture data sum_k w_k N(mu_k, diag(v_k)).
-
-    means (K, D); variances (K,) (isotropic components) or (K, D) (diagonal); weights (K,), positive,
-    normalised here.  The marginal at t is sum_k w_k N(alpha mu_k, alpha^2 v_k + sigma^2); the score is the
-    posterior-weighted sum of the component scores, in torch ops so that autograd gives its Jacobian.
-    """
-    params = _mixture_params(means, variances, weights)
-
-    def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        log_comp, diff, var = _mixture_terms(x, t, *params, schedule)
-        post = torch.softmax(log_comp, dim=1)
-        return -(post[..., None] * diff / var).sum(1)
-
-    return score_fn
-
-
-def gaussian_mixture_log_density(
-    x: torch.Tensor,
-    t: torch.Tensor | float,
-    means: torch.Tensor,
-    variances: torch.Tensor,
-    weights: torch.Tensor,
-    schedule: NoiseSchedule,
-) -> torch.Tensor:
-    """log p_t(x), (B,), for the mixture of :func:`gaussian_mixture_score`; t a scalar or (B,)."""
-    log_comp, _, _ = _mixture_terms(x, t, *_mixture_params(means, variances, weights), schedule)
-    return torch.logsumexp(log_comp, dim=1)
-
-
-def _mixture_params(means, variances, weights) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Validated float64 (K, D) means, (K, D or 1) variances and (K,) log-weights."""
-    means = torch.as_tensor(means, dtype=torch.float64)
-    if means.ndim != 2 or means.numel() == 0:
-        raise ValueError(f"means must have shape (K, D), got {tuple(means.shape)}")
-    k, d = means.shape
-    variances = torch.as_tensor(variances, dtype=torch.float64)
-    if variances.shape == (k,):
-        variances = variances[:, None]
-    if variances.ndim != 2 or variances.shape[0] != k or variances.shape[1] not in (1, d):
-        raise ValueError(f"variances must have shape ({k},) or ({k}, {d}), got {tuple(variances.shape)}")
-    if not (torch.isfinite(variances).all() and (variances > 0).all()):
-        raise ValueError("variances must be finite and > 0")
-    weights = torch.as_tensor(weights, dtype=torch.float64)
-    if weights.shape != (k,) or not (torch.isfinite(weights).all() and (weights > 0).all()):
-        raise ValueError(f"weights must be {k} finite positive numbers, got {weights.tolist()}")
-    return means, variances, (weights / weights.sum()).log()
-
-
-def _mixture_terms(x, t, means, variances, log_w, schedule):
-    """Per-component log(w_k N_k(x)) (B, K), x - alpha mu_k (B, K, D) and the variances (B, K, D or 1)."""
-    t = torch.as_tensor(t, device=x.device)
-    t = t.expand(x.shape[0]) if t.ndim == 0 else t
-    alpha, sigma = (v.to(dtype=x.dtype, device=x.device)[:, None, None] for v in schedule.alpha_sigma(t))
-    var = alpha.square() * variances.to(x) + sigma.square()
-    diff = x[:, None, :] - alpha * means.to(x)
-    log_norm = torch.log(2 * math.pi * var).expand(diff.shape).sum(-1)
-    log_comp = log_w.to(x) - 0.5 * ((diff.square() / var).sum(-1) + log_norm)
-    return log_comp, diff, var
