@@ -1,34 +1,24 @@
 """D_KL(p_{t_prev} || p_t) between consecutive diffusion marginals from a score model, to first order.
 
-Unlike :mod:`.kl` (a mixture over L data points, dominated at small t by each sample's own component) this
-uses the score s = grad log p_a of the earlier marginal.  Derivation: with x_t = alpha x_0 + sigma eps, a
-step from time a to a later b is x_b = c x_a + sqrt(gamma) z, c = alpha_b / alpha_a, gamma = sigma_b^2 -
-c^2 sigma_a^2 (VP, consecutive t: c^2 = 1 - beta_t, gamma = beta_t).  So p_b(x) = c^-D E_z p_a((x -
-sqrt(gamma) z) / c).  Write c^2 = 1 + 2 delta and expand to first order in delta and gamma (the z-average
-leaves (gamma/2) Lap p_a, and Lap p / p = div s + |s|^2):
+Unlike :mod:`.kl` (a mixture over the L data points, dominated at small t by each sample's own component)
+this uses the score s = grad log p_{t_prev} of the earlier marginal.  Expanding one forward step to first
+order gives p_t = p_{t_prev} (1 + g) with g = -delta (D + x.s) + (gamma/2) (div s + |s|^2), and
+D_KL = 1/2 E[g^2] (for VP: beta^2 / 8 E[(D + x.s + div s + |s|^2)^2]).  :func:`estimate_kl_score`
+averages it over M noised data samples, with Hutchinson's estimate of div s from two independent probes
+whose product is unbiased for g^2.
 
-    p_b(x) = p_a(x) (1 + g(x)),   g = -delta (D + x.s) + (gamma/2) (div s + |s|^2).
+What a caller needs to know:
 
-E_{p_a}[g] = 0 exactly (integration by parts), so D_KL(p_a || p_b) = -E log(1 + g) = 1/2 E_{p_a}[g^2]
-+ O(g^3); for VP (delta = -beta/2) beta^2 / 8 E[(D + x.s + div s + |s|^2)^2].  1-D N(0, v) gives
-beta^2 (1 - v)^2 / (4 v^2), the exact KL's leading term.  delta = (c^2 - 1) / 2 rather than c - 1 (equal
-to first order) makes the variance ratio of a Gaussian coordinate exact: near flow's t = 1, where c is far
-from 1 while the variance barely changes, c - 1 left a -65 % error that this removes.
+* ``score_fn(x, t)`` must be differentiable in x (the divergence comes from autograd).
+* ``kl_first_order_ok`` flags pairs where rms(g) exceeds 0.5: there the step is not small against the
+  noised data's variance in its thinnest directions (VP at small t on data with a thin support) and the
+  expansion does not hold.
+* ``score_consistent`` checks E[g] = 0, which holds exactly for the true score; a pair that fails it
+  reads the score model's error more than the data.
+* The draws are common random numbers shared by every pair: a smooth curve, correlated errors.
 
-Estimator: x_i = alpha_a y_k(i) + sigma_a eps_i, k(i) from repeated ``torch.randperm`` of the data (as in
-:mod:`.kl`), eps_i ~ N(0, I).  div s is Hutchinson's v^T (ds/dx) v with a Rademacher probe v (one
-vector-Jacobian product).  Probe noise is unbiased for div s but biases g^2 *upwards* by (gamma/2)^2
-Var(v^T J v), so each sample gets two independent probes, g1 and g2 (same x and s), and g1 g2 -- unbiased
-for g^2 given x -- replaces g^2.  (Rademacher probes are exact for a diagonal Jacobian.)
-
-Draws (``generator``): indices, eps (M, D) in float64, probes (2, M, D); common random numbers reused by
-every pair, so the curve is smooth (its errors are correlated across t).  ``kl_stderr`` = std(g1 g2 / 2)
-/ sqrt(M).  ``kl_first_order_ok``: rms of g, estimated free of probe noise as sqrt(mean g1 g2) =
-sqrt(2 kl), is below 0.5 -- a cheap check that the expansion's small parameter is small, not an accuracy
-promise.  The relative error of ``kl`` is ~ the per-coordinate step gamma / var, i.e. ~ rms(g) sqrt(2/D)
-when D coordinates change alike (D = 16 Gaussian, EDM: 10 % at rms(g) = 0.27).  It breaks down when
-gamma is not small against the noised data's variance sigma_a^2 + alpha_a^2 var_min in its thinnest
-directions (VP at small t with data on a thin support, coarse EDM steps at large sigma).
+The derivation, the choice delta = (c^2 - 1) / 2, the two-probe product and the error analysis are in
+``docs/kl_score_estimator.md``.
 """
 
 from __future__ import annotations
@@ -181,8 +171,8 @@ def relative_density_change(
     """g(x) = p_b(x) / p_a(x) - 1 to first order, once per Hutchinson probe: (P, B) float64.
 
     ``g_j = -delta (D + x.s) + (gamma/2) (v_j^T (ds/dx) v_j + |s|^2)`` with s = ``score_fn(x, t)`` the
-    score of p_a, x (B, D), t (B,), the step's delta = (c^2 - 1) / 2 and gamma (module docstring), and
-    probes (P, B, D) (Rademacher in :func:`estimate_kl_score`).
+    score of p_a, x (B, D), t (B,), the step's delta = (c^2 - 1) / 2 and gamma
+    (``docs/kl_score_estimator.md``), and probes (P, B, D) (Rademacher in :func:`estimate_kl_score`).
     """
     if not callable(score_fn):
         raise ValueError(f"score_fn must be callable, got {type(score_fn).__name__}")
