@@ -16,6 +16,7 @@ the pipeline.
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import sys
 from pathlib import Path
@@ -50,8 +51,16 @@ def _with_parents(module: str) -> list[str]:
 
 def _imported_modules(module: str, path: Path, root: Path) -> set[str]:
     """Every repository module that the source of ``module`` (at ``path``) may import."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    package = module if _is_package(path) else module.rpartition(".")[0]
+    stat = path.stat()
+    return {m for m in _imports(module, str(path), stat.st_mtime_ns, stat.st_size) if _module_file(root, m)}
+
+
+@functools.cache
+def _imports(module: str, path: str, mtime_ns: int, size: int) -> frozenset[str]:
+    """The modules (and module-or-attribute names) the source at ``path`` names in its imports; cached by
+    the file's modification time and size, since every rule of the Snakefile asks for its closure."""
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"), filename=path)
+    package = module if _is_package(Path(path)) else module.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -69,7 +78,7 @@ def _imported_modules(module: str, path: Path, root: Path) -> set[str]:
             found.update(_with_parents(base))
             # ``from pkg import name``: name is a submodule when a file defines it, else an attribute.
             found.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
-    return {m for m in found if _module_file(root, m) is not None}
+    return frozenset(found)
 
 
 def closure(module: str, root: str | Path = ".") -> list[str]:
