@@ -28,7 +28,6 @@ from diffusion_curriculum.data import (
     subset,
     to_training_tensor,
     to_uint8_images,
-    write_manifest,
     write_parquet,
 )
 from diffusion_curriculum.io import atomic_path, atomic_write, atomic_write_json
@@ -154,13 +153,10 @@ def test_manifest_hash_stable_and_content_sensitive(tmp_path: Path) -> None:
     assert content_hash(renamed) == first["sha256"]
 
 
-def test_write_manifest_sorted_json(tmp_path: Path) -> None:
+def test_manifest_fields_and_json_round_trip(tmp_path: Path) -> None:
     manifest = write_parquet(random_pixels(), tmp_path / "d.parquet")
-    out = write_manifest(manifest, tmp_path / "meta" / "manifest.json")
-    text = out.read_text()
-    assert json.loads(text) == manifest
-    keys = [line.split('"')[1] for line in text.splitlines() if line.startswith('  "')]
-    assert keys == sorted(keys)
+    out = atomic_write_json(manifest, tmp_path / "meta" / "manifest.json")  # as prepare_data writes it
+    assert json.loads(out.read_text()) == manifest
     expected = {"count", "shape", "dtype", "kind", "num_classes", "class_counts", "source", "sha256"}
     assert set(manifest) == expected
 
@@ -469,3 +465,13 @@ def test_load_dataset_dispatch(tmp_path: Path) -> None:
     assert load_dataset("latents", tmp_path / "z.npy", 8).kind == "latents"
     with pytest.raises(ValueError, match="image_size"):
         load_dataset("latents", tmp_path / "z.npy", 16)
+
+
+def test_the_package_re_exports_every_public_name() -> None:
+    from diffusion_curriculum import data
+    from diffusion_curriculum.data import dataset, loaders, storage, transforms
+
+    for name in data.__all__:
+        assert getattr(data, name) is not None, name
+    modules = (dataset, loaders, storage, transforms)
+    assert sorted(data.__all__) == sorted(n for m in modules for n in m.__all__)

@@ -2,8 +2,9 @@
 
 Exact references: Gaussian data (every marginal Gaussian, closed-form KL), a Gaussian mixture (exact
 marginal log-densities, the KL by Monte Carlo) and the 1-D first-order formula beta^2 (1 - v)^2 / (4 v^2).
-The estimator gets the exact score of the marginals (``gaussian_mixture_score``), so what is tested is the
-expansion, the sampling, the autograd divergence and the two-probe product.
+The estimator gets the exact score of the marginals (``gaussian_mixture_score`` in
+``tests/gaussian_mixture.py``), so what is tested is the expansion, the sampling, the autograd divergence
+and the two-probe product.
 
 Validation table, 3-component mixture in D = 256 (test_mixture_matches_exact_marginals; M = 16000
 estimator samples, N = 20000 reference samples).  The reference is E[log p_{t-1} - log p_t] plus a
@@ -30,14 +31,10 @@ import pytest
 import torch
 
 from diffusion_curriculum.kl import default_timesteps
-from diffusion_curriculum.kl_score import (
-    estimate_kl_score,
-    gaussian_mixture_log_density,
-    gaussian_mixture_score,
-    relative_density_change,
-    score_from_eps_prediction,
-)
+from diffusion_curriculum.kl_score import estimate_kl_score, relative_density_change
 from diffusion_curriculum.schedules import make_schedule
+
+from gaussian_mixture import gaussian_mixture_log_density, gaussian_mixture_score
 
 COLUMNS = [
     "t", "t_prev", "unit", "kl", "kl_stderr", "kl_first_order_ok",
@@ -337,26 +334,6 @@ def test_flow_timestep_without_signal_is_rejected():
     _, _, data = small_problem()
     with pytest.raises(ValueError, match="timesteps"):
         estimate_kl_score(lambda x, t: -x, data, schedule, [0.5, 1.0], 4)
-
-
-def test_eps_prediction_adapter_reproduces_the_exact_score():
-    schedule, score, data = small_problem()
-    ts = [0, 1, 100, 500]
-
-    def eps_fn(x, t):
-        _, sigma = schedule.alpha_sigma(t)
-        return -sigma.to(x)[:, None] * score(x, t)
-
-    exact = estimate_kl_score(score, data, schedule, ts, 256, generator=gen(0))
-    adapted = estimate_kl_score(
-        score_from_eps_prediction(eps_fn, schedule), data, schedule, ts, 256, generator=gen(0)
-    )
-    pd.testing.assert_frame_equal(exact, adapted, check_exact=False, rtol=1e-10)
-    # a float32 network: x is cast for it, the accumulation stays float64
-    low = score_from_eps_prediction(eps_fn, schedule, dtype=torch.float32)
-    assert low(data.reshape(50, -1), torch.zeros(50, dtype=torch.long)).dtype == torch.float32
-    single = estimate_kl_score(low, data, schedule, ts, 256, generator=gen(0))
-    np.testing.assert_allclose(single.kl, exact.kl, rtol=1e-3)
 
 
 # --- the mixture helpers -------------------------------------------------------------------------------

@@ -185,20 +185,6 @@ def test_iterations_to_reach_mean_ci_and_speedup():
     assert list(out.index) == ["vanilla", "dtd", "anti_cl"]
 
 
-def test_iterations_to_reach_on_seed_mean_curves():
-    out = report.iterations_to_reach_mean_curve(reach_table_input()).set_index("method")
-    assert out.loc["dtd", "target"] == pytest.approx(11.0)  # mean of the baseline's final values
-    # dtd's mean curve averages every seed it has at a step (seed 9 only has step 250):
-    # 41/3 @ 250, 10 @ 500 -> 11 is reached at 250 + 250 * (41/3 - 11) / (41/3 - 10)
-    v0 = 41 / 3
-    assert out.loc["dtd", "reach_step"] == pytest.approx(250 + 250 * (v0 - 11) / (v0 - 10))
-    assert out.loc["dtd", "speedup"] == pytest.approx(1000 / out.loc["dtd", "reach_step"])
-    assert out.loc["dtd", "n_seeds"] == 3
-    paired = report.iterations_to_reach_mean_curve(reach_table_input().query("seed != 9"))
-    assert paired.set_index("method").loc["dtd", "reach_step"] == pytest.approx(250 + 250 * 9 / 10)
-    assert math.isnan(out.loc["anti_cl", "reach_step"])
-
-
 def test_iterations_to_reach_errors_name_the_problem():
     data = reach_table_input()
     with pytest.raises(ValueError, match="metric 'kid'.*fid"):

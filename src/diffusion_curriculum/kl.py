@@ -1,94 +1,26 @@
-"""Monte-Carlo estimate of D_KL(p_{t-1} || p_t) between consecutive diffusion marginals.
+"""Monte-Carlo estimate of D_KL(p_{t-1} || p_t) between consecutive diffusion marginals (eq. 1-2 of
+``seeds/002``).
 
-Appendix C of ``seeds/002`` (eq. 1-2) measures how far apart the marginals of two consecutive noise levels
-are with two nested Monte-Carlo estimators::
+The data are the finite set of L samples y_j (flattened, in model space): p_t is the mixture
+(1/L) sum_j N(alpha_t y_j, sigma_t^2 I) and the KL is the mean log-ratio log p_{t-1}(x_i) - log p_t(x_i)
+over M samples x_i = alpha_{t-1} y_{k(i)} + sigma_{t-1} eps_i.  :func:`estimate_kl` returns one row per
+pair of consecutive ``timesteps`` with the estimate and its standard error.
 
-    D_KL(p_{t-1} || p_t) ~= (1/M) sum_i log( p_{t-1}(x_i) / p_t(x_i) ),   x_i ~ p_{t-1}          (1)
-    p_t(x)               ~= (1/L) sum_j N(x; alpha_t y_j, sigma_t^2 I),    y_j ~ p_0              (2)
+What a caller needs to know:
 
-where ``x_t = alpha_t x_0 + sigma_t eps`` is the schedule's forward process (:mod:`.schedules`) and the
-y_j are L data samples, flattened, in model space (e.g. pixels in [-1, 1]).  The samples of (1) are
-``x_i = alpha_{t-1} y_{k(i)} + sigma_{t-1} eps_i``: the indices k(i) run through random permutations of
-the L data samples (without replacement while M <= L) and eps_i ~ N(0, I).
+* ``exclude_self=False`` (the default, the paper's choice) keeps each x_i's own image in the mixture.  The
+  estimate is then a true, non-negative KL of the noised empirical distribution; at small t it is
+  dominated by the data-independent own-component term D/2 (r - 1 - log r), r = sigma_{t-1}^2 /
+  sigma_t^2, so read it against the same estimator on :func:`gaussian_reference` data (exact value:
+  :func:`gaussian_kl`).  ``True`` (leave-one-out) gives large negative values at small t.
+* ``common_noise=True`` (the default) reuses the same draws for every pair: a smooth curve whose errors
+  are correlated across t (do not average ``kl_stderr`` over t).
+* ``chunk_size`` bounds memory; float32 is as accurate as float64 here, but keep TF32 matmuls off.
+* ``generator`` makes a run reproducible; ``timesteps`` may be any ascending times.
 
-Evaluation
-----------
-Densities stay in log space: ``log p_t(x_i) = logsumexp_j(-d_ij / (2 sigma_t^2)) - log L
-- (D/2) log(2 pi sigma_t^2)`` with ``d_ij = ||x_i - alpha_t y_j||^2``.  Expanding x_i,
-
-    d_ij = a b D_kj + (a - b)(a |y_k|^2 - b |y_j|^2) + 2 s a F_ij + 2 s (a - b) H_ij + s^2 |eps_i|^2
-
-with (a, s) = (alpha_{t-1}, sigma_{t-1}) the coefficients of the sample, b = alpha of the evaluated
-marginal (alpha_{t-1} or alpha_t), and three matrices that do not depend on t:
-
-    H_ij = eps_i . y_j,   F_ij = eps_i . (y_k - y_j),   D_kj = |y_k - y_j|^2   (k = k(i)).
-
-They come from two Gram products, ``[Y_k; E] Y^T`` (4 M L D flops), computed **once** per noise
-draw; after that each of the P pairs costs O(M L), not O(M L D): a single (2P x 5) @ (5 x M L) product
-forms the exponents of all 2P log-densities, followed by a logsumexp.  Writing d_ij through D_kj and F_ij
-instead of ``|x|^2 - 2 x.y + |y|^2`` avoids the catastrophic cancellation of the naive expansion at small
-t (x_i sits within sigma_{t-1} of alpha y_k); the own component (j = k(i)) gets D = F = 0 exactly.  The
-large per-row constant ``-s^2 |eps_i|^2 / (2 sigma^2)`` is taken out of the logsumexp and added back
-analytically in float64, so the per-sample log-ratio is
-
-    log p_{t-1}(x_i) - log p_t(x_i) = lse_{t-1,i} - lse_{t,i} - |eps_i|^2 / 2 (1 - s^2 / sigma_t^2)
-                                      + D log(sigma_t / s).
-
-Memory is bounded by ``chunk_size``: the M x L matrices are built in ``chunk_size x chunk_size`` blocks
-(samples x mixture components) and the logsumexp is accumulated over component blocks with ``logaddexp``.
-
-Common random numbers
----------------------
-With ``common_noise=True`` (default) every timestep pair reuses the same k(i) and eps_i, i.e. the sample
-at t-1 is the same data point pushed through the same noise.  Each pair's estimate is still unbiased for
-its own KL; only the errors of different pairs are correlated, which makes the KL *curve* smooth and
-differences between neighbouring t far more precise, at the price that the whole curve shares one draw
-(its error is not independent across t -- don't average ``kl_stderr`` over t as if it were).  It is also
-what makes the Gram trick pay: with ``common_noise=False`` each pair draws fresh eps and recomputes
-``E Y^T`` (2 M L D flops per pair).
-
-The own sample (``exclude_self``)
----------------------------------
-x_i is built from y_{k(i)}, which is itself one of the mixture components of (2).  ``exclude_self=False``
-(default) keeps it: eq. (2) is then the *exact* density of the noised empirical distribution
-``p^_0 = (1/L) sum_j delta_{y_j}``, the x_i are exact samples of p^_{t-1}, and (1) is an unbiased
-estimate of ``D_KL(p^_{t-1} || p^_t) >= 0``, which converges to the population KL as L grows wherever
-sigma_t is large compared with the data's nearest-neighbour spacing.  As sigma -> 0 each x_i is dominated
-by its own component and the estimate tends to the KL between two concentric Gaussians,
-``D/2 (r - 1 - log r)`` with ``r = sigma_{t-1}^2 / sigma_t^2`` (~ 0.12 D nats at VP linear t = 1): the KL
-of data that occupy no volume, which is what image data on a thin support do, and the "exploding" growth
-near t = 0 of the paper's Fig. 2.  This is also what the paper computes: "We sampled 5,000 images" -- one
-set of images serves both as the y_j of (2) and as the x_0 of the x_i in (1), so each x_i meets its own
-image in the mixture.
-
-``exclude_self=True`` drops that component from both log-densities (a leave-one-out density estimate,
-L - 1 components).  Then x_i is independent of the mixture, as the paper's word "unbiased" for (2)
-literally requires, but with finite L the nearest *other* component is typically many sigma away at small
-t: both log-densities are dominated by ``-dist_NN^2 / (2 sigma^2)``, and since sigma_{t-1} < sigma_t the
-log-ratio is a large *negative* number, ~ -dist_NN^2 (1/sigma_{t-1}^2 - 1/sigma_t^2) / 2 (-1e6 nats for
-784-dimensional data at VP t = 1).  A KL cannot be negative, and the paper describes its curve near t = 0
-as "exploding", not as negative.  At large t (sigma_t >> nearest-neighbour spacing) both choices agree to
-O(1/L).  Use ``exclude_self=True`` only to see how far the finite-L estimate is from the population value.
-Exact duplicates in ``data`` are separate components; only the own index is ever excluded.
-
-Precision
----------
-``dtype=torch.float64`` (default) is safe everywhere.  float32 halves memory traffic and is also accurate,
-because the expansion above has no large cancelling terms and the large constants are handled in float64:
-against float64 with the same draws (D = 3072, L = 1000, VP T = 1000) it differed by <= 1e-5 nats at
-KLs of 10^2-10^3 nats (t <= 600) and by ~1e-8 nats at the last steps, where the KL itself is ~1e-6 nats
-(below the Monte-Carlo error there anyway).  Keep TF32 matmuls off (``torch.backends.cuda.matmul
-.allow_tf32``): their ~1e-3 relative error in the Gram products is not negligible.
-
-Draws and errors
-----------------
-``generator`` makes a run reproducible: first the indices (``torch.randperm(L)``, repeated until M are
-drawn), then eps ~ N(0, I) in float64 (cast to ``dtype``; one (M, D) draw per pair when
-``common_noise=False``).  ``kl_stderr`` is std(log-ratio) / sqrt(M), i.e. it treats the x_i as
-independent draws from p_{t-1}; because the indices are drawn without replacement (every datum once when
-M = L) it is slightly conservative.  ``timesteps`` may be any ascending times, not only neighbours: the
-pairs are consecutive *entries*, so e.g. ``[100, 200, 400]`` estimates D_KL(p_100 || p_200) and
-D_KL(p_200 || p_400).
+The derivation (the distance expansion that avoids cancellation at small t, the cost of one Gram product
+per draw, the argument for keeping the own image, the precision measurements) is in
+``docs/kl_mixture_estimator.md``.
 """
 
 from __future__ import annotations

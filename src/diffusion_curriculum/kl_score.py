@@ -1,34 +1,24 @@
 """D_KL(p_{t_prev} || p_t) between consecutive diffusion marginals from a score model, to first order.
 
-Unlike :mod:`.kl` (a mixture over L data points, dominated at small t by each sample's own component) this
-uses the score s = grad log p_a of the earlier marginal.  Derivation: with x_t = alpha x_0 + sigma eps, a
-step from time a to a later b is x_b = c x_a + sqrt(gamma) z, c = alpha_b / alpha_a, gamma = sigma_b^2 -
-c^2 sigma_a^2 (VP, consecutive t: c^2 = 1 - beta_t, gamma = beta_t).  So p_b(x) = c^-D E_z p_a((x -
-sqrt(gamma) z) / c).  Write c^2 = 1 + 2 delta and expand to first order in delta and gamma (the z-average
-leaves (gamma/2) Lap p_a, and Lap p / p = div s + |s|^2):
+Unlike :mod:`.kl` (a mixture over the L data points, dominated at small t by each sample's own component)
+this uses the score s = grad log p_{t_prev} of the earlier marginal.  Expanding one forward step to first
+order gives p_t = p_{t_prev} (1 + g) with g = -delta (D + x.s) + (gamma/2) (div s + |s|^2), and
+D_KL = 1/2 E[g^2] (for VP: beta^2 / 8 E[(D + x.s + div s + |s|^2)^2]).  :func:`estimate_kl_score`
+averages it over M noised data samples, with Hutchinson's estimate of div s from two independent probes
+whose product is unbiased for g^2.
 
-    p_b(x) = p_a(x) (1 + g(x)),   g = -delta (D + x.s) + (gamma/2) (div s + |s|^2).
+What a caller needs to know:
 
-E_{p_a}[g] = 0 exactly (integration by parts), so D_KL(p_a || p_b) = -E log(1 + g) = 1/2 E_{p_a}[g^2]
-+ O(g^3); for VP (delta = -beta/2) beta^2 / 8 E[(D + x.s + div s + |s|^2)^2].  1-D N(0, v) gives
-beta^2 (1 - v)^2 / (4 v^2), the exact KL's leading term.  delta = (c^2 - 1) / 2 rather than c - 1 (equal
-to first order) makes the variance ratio of a Gaussian coordinate exact: near flow's t = 1, where c is far
-from 1 while the variance barely changes, c - 1 left a -65 % error that this removes.
+* ``score_fn(x, t)`` must be differentiable in x (the divergence comes from autograd).
+* ``kl_first_order_ok`` flags pairs where rms(g) exceeds 0.5: there the step is not small against the
+  noised data's variance in its thinnest directions (VP at small t on data with a thin support) and the
+  expansion does not hold.
+* ``score_consistent`` checks E[g] = 0, which holds exactly for the true score; a pair that fails it
+  reads the score model's error more than the data.
+* The draws are common random numbers shared by every pair: a smooth curve, correlated errors.
 
-Estimator: x_i = alpha_a y_k(i) + sigma_a eps_i, k(i) from repeated ``torch.randperm`` of the data (as in
-:mod:`.kl`), eps_i ~ N(0, I).  div s is Hutchinson's v^T (ds/dx) v with a Rademacher probe v (one
-vector-Jacobian product).  Probe noise is unbiased for div s but biases g^2 *upwards* by (gamma/2)^2
-Var(v^T J v), so each sample gets two independent probes, g1 and g2 (same x and s), and g1 g2 -- unbiased
-for g^2 given x -- replaces g^2.  (Rademacher probes are exact for a diagonal Jacobian.)
-
-Draws (``generator``): indices, eps (M, D) in float64, probes (2, M, D); common random numbers reused by
-every pair, so the curve is smooth (its errors are correlated across t).  ``kl_stderr`` = std(g1 g2 / 2)
-/ sqrt(M).  ``kl_first_order_ok``: rms of g, estimated free of probe noise as sqrt(mean g1 g2) =
-sqrt(2 kl), is below 0.5 -- a cheap check that the expansion's small parameter is small, not an accuracy
-promise.  The relative error of ``kl`` is ~ the per-coordinate step gamma / var, i.e. ~ rms(g) sqrt(2/D)
-when D coordinates change alike (D = 16 Gaussian, EDM: 10 % at rms(g) = 0.27).  It breaks down when
-gamma is not small against the noised data's variance sigma_a^2 + alpha_a^2 var_min in its thinnest
-directions (VP at small t with data on a thin support, coarse EDM steps at large sigma).
+The derivation, the choice delta = (c^2 - 1) / 2, the two-probe product and the error analysis are in
+``docs/kl_score_estimator.md``.
 """
 
 from __future__ import annotations
@@ -45,9 +35,6 @@ from .schedules import NoiseSchedule
 __all__ = [
     "estimate_kl_score",
     "relative_density_change",
-    "score_from_eps_prediction",
-    "gaussian_mixture_score",
-    "gaussian_mixture_log_density",
 ]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -75,7 +62,8 @@ def estimate_kl_score(
     Args:
         score_fn: ``score_fn(x, t) -> s``: x (B, D) flattened samples at time t_prev (float64), t (B,)
             native times (int64 for VP, float64 otherwise); returns grad_x log p_t(x), shape (B, D),
-            differentiable w.r.t. x.  See :func:`score_from_eps_prediction`.
+            differentiable w.r.t. x (an x0-predicting network gives it by Tweedie's formula,
+            s = (alpha x0_hat - x) / sigma^2).
         data: (L, ...) floating tensor of data samples y in model space (each flattened to D values).
         schedule: the forward process x_t = alpha(t) x_0 + sigma(t) eps.
         timesteps: native times, strictly ascending, at least two; pairs are consecutive entries.  Default
@@ -183,8 +171,8 @@ def relative_density_change(
     """g(x) = p_b(x) / p_a(x) - 1 to first order, once per Hutchinson probe: (P, B) float64.
 
     ``g_j = -delta (D + x.s) + (gamma/2) (v_j^T (ds/dx) v_j + |s|^2)`` with s = ``score_fn(x, t)`` the
-    score of p_a, x (B, D), t (B,), the step's delta = (c^2 - 1) / 2 and gamma (module docstring), and
-    probes (P, B, D) (Rademacher in :func:`estimate_kl_score`).
+    score of p_a, x (B, D), t (B,), the step's delta = (c^2 - 1) / 2 and gamma
+    (``docs/kl_score_estimator.md``), and probes (P, B, D) (Rademacher in :func:`estimate_kl_score`).
     """
     if not callable(score_fn):
         raise ValueError(f"score_fn must be callable, got {type(score_fn).__name__}")
@@ -217,89 +205,3 @@ def relative_density_change(
             div = torch.zeros_like(base) if vjp is None else (vjp.to(torch.float64) * v).sum(1)
             out.append(base + 0.5 * gamma * div)
     return torch.stack(out)
-
-
-def score_from_eps_prediction(
-    eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    schedule: NoiseSchedule,
-    *,
-    dtype: torch.dtype | None = None,
-) -> ScoreFn:
-    """The score of an eps-predicting network: s(x, t) = -eps_hat(x, t) / sigma(t).
-
-    ``eps_fn(x_flat, t) -> eps_hat_flat`` gets the flattened samples and the *native* times (reshape, and
-    map with ``schedule.model_time``, inside it).  ``dtype``: cast x to it first (e.g. torch.float32 for a
-    float32 network; the estimator accumulates in float64 anyway).
-    """
-    if not callable(eps_fn):
-        raise ValueError(f"eps_fn must be callable, got {type(eps_fn).__name__}")
-
-    def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        eps_hat = eps_fn(x if dtype is None else x.to(dtype), t)
-        _, sigma = schedule.alpha_sigma(torch.as_tensor(t, device=eps_hat.device))
-        return -eps_hat / sigma.to(dtype=eps_hat.dtype).reshape(-1, 1)
-
-    return score_fn
-
-
-def gaussian_mixture_score(
-    means: torch.Tensor, variances: torch.Tensor, weights: torch.Tensor, schedule: NoiseSchedule
-) -> ScoreFn:
-    """Exact score_fn of the marginals of Gaussian-mixture data sum_k w_k N(mu_k, diag(v_k)).
-
-    means (K, D); variances (K,) (isotropic components) or (K, D) (diagonal); weights (K,), positive,
-    normalised here.  The marginal at t is sum_k w_k N(alpha mu_k, alpha^2 v_k + sigma^2); the score is the
-    posterior-weighted sum of the component scores, in torch ops so that autograd gives its Jacobian.
-    """
-    params = _mixture_params(means, variances, weights)
-
-    def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        log_comp, diff, var = _mixture_terms(x, t, *params, schedule)
-        post = torch.softmax(log_comp, dim=1)
-        return -(post[..., None] * diff / var).sum(1)
-
-    return score_fn
-
-
-def gaussian_mixture_log_density(
-    x: torch.Tensor,
-    t: torch.Tensor | float,
-    means: torch.Tensor,
-    variances: torch.Tensor,
-    weights: torch.Tensor,
-    schedule: NoiseSchedule,
-) -> torch.Tensor:
-    """log p_t(x), (B,), for the mixture of :func:`gaussian_mixture_score`; t a scalar or (B,)."""
-    log_comp, _, _ = _mixture_terms(x, t, *_mixture_params(means, variances, weights), schedule)
-    return torch.logsumexp(log_comp, dim=1)
-
-
-def _mixture_params(means, variances, weights) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Validated float64 (K, D) means, (K, D or 1) variances and (K,) log-weights."""
-    means = torch.as_tensor(means, dtype=torch.float64)
-    if means.ndim != 2 or means.numel() == 0:
-        raise ValueError(f"means must have shape (K, D), got {tuple(means.shape)}")
-    k, d = means.shape
-    variances = torch.as_tensor(variances, dtype=torch.float64)
-    if variances.shape == (k,):
-        variances = variances[:, None]
-    if variances.ndim != 2 or variances.shape[0] != k or variances.shape[1] not in (1, d):
-        raise ValueError(f"variances must have shape ({k},) or ({k}, {d}), got {tuple(variances.shape)}")
-    if not (torch.isfinite(variances).all() and (variances > 0).all()):
-        raise ValueError("variances must be finite and > 0")
-    weights = torch.as_tensor(weights, dtype=torch.float64)
-    if weights.shape != (k,) or not (torch.isfinite(weights).all() and (weights > 0).all()):
-        raise ValueError(f"weights must be {k} finite positive numbers, got {weights.tolist()}")
-    return means, variances, (weights / weights.sum()).log()
-
-
-def _mixture_terms(x, t, means, variances, log_w, schedule):
-    """Per-component log(w_k N_k(x)) (B, K), x - alpha mu_k (B, K, D) and the variances (B, K, D or 1)."""
-    t = torch.as_tensor(t, device=x.device)
-    t = t.expand(x.shape[0]) if t.ndim == 0 else t
-    alpha, sigma = (v.to(dtype=x.dtype, device=x.device)[:, None, None] for v in schedule.alpha_sigma(t))
-    var = alpha.square() * variances.to(x) + sigma.square()
-    diff = x[:, None, :] - alpha * means.to(x)
-    log_norm = torch.log(2 * math.pi * var).expand(diff.shape).sum(-1)
-    log_comp = log_w.to(x) - 0.5 * ((diff.square() / var).sum(-1) + log_norm)
-    return log_comp, diff, var

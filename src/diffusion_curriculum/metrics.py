@@ -58,7 +58,6 @@ __all__ = [
     "extract_features",
     "feature_stats",
     "frechet_distance",
-    "fid_from_features",
     "class_agreement",
     "bootstrap_intervals",
     "kid_from_features",
@@ -268,11 +267,6 @@ def extract_features(images: np.ndarray, extractor: FeatureExtractor, batch_size
 # --------------------------------------------------------------------------------------------------
 # Metrics on features
 # --------------------------------------------------------------------------------------------------
-
-
-def fid_from_features(feats1: np.ndarray, feats2: np.ndarray) -> float:
-    """FID = :func:`frechet_distance` of the Gaussian fits (:func:`feature_stats`) of two feature sets."""
-    return frechet_distance(*feature_stats(feats1), *feature_stats(feats2))
 
 
 def _kernel_distance_fallback(f1, f2, num_subsets, max_subset_size, rng) -> float:

@@ -5,6 +5,7 @@ from pathlib import Path
 import yaml
 
 from stages import params as stage_params
+from stages._codedeps import stage_closure
 
 
 def _params_file():
@@ -37,7 +38,6 @@ PARAMS_FILE = Path(_params_file())
 METHODS = config["study"]["methods"]
 SEEDS = config["study"]["seeds"]
 SNAPSHOTS = config["train"]["snapshots"]
-LIB = "src/diffusion_curriculum"
 
 
 wildcard_constraints:
@@ -47,9 +47,11 @@ wildcard_constraints:
     interval=r"\d+",
 
 
-def code(stage, *modules):
-    """A stage's own source and the library modules it uses: edits to them rerun the stage."""
-    return [f"stages/{stage}.py"] + [f"{LIB}/{m}.py" for m in modules]
+def code(stage):
+    """The code ``python -m stages.<stage>`` runs: its own file and every repository module it imports,
+    directly or not (the same list dvc.yaml holds, tests/test_codedeps.py checks it), so that an edit to
+    any of them reruns the rule."""
+    return stage_closure(stage)
 
 
 def sections(*keys):

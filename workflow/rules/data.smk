@@ -1,6 +1,6 @@
 rule prepare_data:
     input:
-        code=code("prepare_data", "data", "captions", "io"),
+        code=code("prepare_data"),
     output:
         data="data/prepared/train.parquet",
         manifest="data/prepared/manifest.json",
@@ -20,7 +20,7 @@ rule prepare_data:
 rule encode_latents:
     input:
         data="data/prepared/train.parquet",
-        code=code("encode_latents", "data", "io", "latents"),
+        code=code("encode_latents"),
     output:
         data="data/encoded/train.parquet",
         manifest="data/encoded/manifest.json",

@@ -1,7 +1,7 @@
 rule feature_net:
     input:
         data="data/prepared/train.parquet",
-        code=code("feature_net", "feature_net", "data", "io") + ["stages/_features.py"],
+        code=code("feature_net"),
     output:
         net="results/features/feature_net.pt",
         metrics="results/features/feature_net.json",
@@ -22,8 +22,7 @@ rule fid_ref:
     input:
         data="data/prepared/train.parquet",
         feature_net="results/features/feature_net.pt",
-        code=code("fid_ref", "metrics", "feature_net", "data", "io")
-        + ["stages/_features.py"],
+        code=code("fid_ref"),
     output:
         reference="results/features/reference.npz",
         summary="results/features/reference.json",
@@ -46,7 +45,7 @@ rule evaluate:
         samples="results/samples/{method}/seed{seed}/step{step}/samples.npz",
         reference="results/features/reference.npz",
         feature_net="results/features/feature_net.pt",
-        code=code("evaluate", "metrics", "feature_net", "io") + ["stages/_features.py"],
+        code=code("evaluate"),
     output:
         metrics="results/metrics/{method}/seed{seed}/step{step}.json",
     log:
@@ -68,7 +67,7 @@ rule evaluate_floor:
         samples="results/features/floor.npz",
         reference="results/features/reference.npz",
         feature_net="results/features/feature_net.pt",
-        code=code("evaluate", "metrics", "feature_net", "io") + ["stages/_features.py"],
+        code=code("evaluate"),
     output:
         metrics="results/metrics/floor.json",
     log:

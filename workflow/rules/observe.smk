@@ -11,23 +11,7 @@ rule train_expert:
     input:
         data="data/encoded/train.parquet",
         captions="data/prepared/captions.parquet",
-        code=code(
-            "train_expert",
-            "training",
-            "losses",
-            "schedules",
-            "device_tables",
-            "timesteps/__init__",
-            "timesteps/base",
-            "timesteps/expert",
-            "data",
-            "captions",
-            "io",
-            "models/__init__",
-            "models/layers",
-            "models/dit",
-            "models/unet",
-        ),
+        code=code("train_expert"),
     output:
         model="results/experts/expert{interval}/model.pt",
         curve="results/experts/expert{interval}/loss_curve.parquet",
@@ -55,7 +39,7 @@ rule convergence:
         curves=expand(
             "results/experts/expert{interval}/loss_curve.parquet", interval=EXPERTS
         ),
-        code=code("convergence", "difficulty", "io", "timesteps/base"),
+        code=code("convergence"),
     output:
         table="results/convergence/convergence.parquet",
     log:
@@ -74,7 +58,7 @@ rule convergence:
 rule estimate_kl:
     input:
         data="data/encoded/train.parquet",
-        code=code("estimate_kl", "kl", "schedules", "data", "io"),
+        code=code("estimate_kl"),
     output:
         table="results/kl/kl.parquet",
     log:
@@ -107,21 +91,7 @@ rule estimate_kl_score:
     input:
         data="data/encoded/train.parquet",
         experts=expand("results/experts/expert{interval}/model.pt", interval=EXPERTS),
-        code=code(
-            "estimate_kl_score",
-            "kl_score",
-            "kl",
-            "schedules",
-            "data",
-            "io",
-            "losses",
-            "device_tables",
-            "models/__init__",
-            "models/layers",
-            "models/dit",
-            "models/unet",
-        )
-        + ["stages/sample.py"],
+        code=code("estimate_kl_score"),
     output:
         table="results/kl/kl_score.parquet",
     log:
@@ -146,9 +116,7 @@ rule cluster_difficulty:
         kl="results/kl/kl.parquet",
         kl_score="results/kl/kl_score.parquet",
         convergence="results/convergence/convergence.parquet",
-        code=code(
-            "cluster_difficulty", "difficulty", "schedules", "io", "timesteps/base"
-        ),
+        code=code("cluster_difficulty"),
     output:
         curriculum="results/curriculum/curriculum.json",
     log:
@@ -171,21 +139,7 @@ rule stitch_sample:
         expert="results/experts/expert{interval}/model.pt",
         encoding="data/encoded/manifest.json",
         captions="data/prepared/captions.parquet",
-        code=code(
-            "sample",
-            "samplers",
-            "losses",
-            "schedules",
-            "device_tables",
-            "data",
-            "captions",
-            "latents",
-            "io",
-            "models/__init__",
-            "models/layers",
-            "models/dit",
-            "models/unet",
-        ),
+        code=code("sample"),
     output:
         samples="results/samples/stitch/expert{interval}/samples.npz",
         grid="results/samples/stitch/expert{interval}/grid.png",
@@ -212,7 +166,7 @@ rule stitch_eval:
         samples="results/samples/stitch/expert{interval}/samples.npz",
         reference="results/features/reference.npz",
         feature_net="results/features/feature_net.pt",
-        code=code("evaluate", "metrics", "feature_net", "io") + ["stages/_features.py"],
+        code=code("evaluate"),
     output:
         metrics="results/metrics/stitch/expert{interval}.json",
     log:

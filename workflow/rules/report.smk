@@ -28,15 +28,7 @@ rule aggregate:
         kl_score="results/kl/kl_score.parquet",
         convergence="results/convergence/convergence.parquet",
         curriculum="results/curriculum/curriculum.json",
-        code=code(
-            "aggregate",
-            "report/__init__",
-            "report/stats",
-            "report/tables",
-            "report/figures",
-            "report/html",
-            "io",
-        ),
+        code=code("aggregate"),
     output:
         summary=f"{REPORT_DIR}/summary.md",
         table=f"{REPORT_DIR}/summary.parquet",

@@ -42,7 +42,6 @@ __all__ = [
     "first_crossing",
     "reach_steps",
     "iterations_to_reach",
-    "iterations_to_reach_mean_curve",
     "LowNoiseContrast",
     "low_noise_contrast",
 ]
@@ -424,48 +423,6 @@ def iterations_to_reach(
                 "speedup": _speedup(baseline_step, mean),
                 "speedup_low": low,
                 "speedup_high": high,
-            }
-        )
-    return pd.DataFrame(out)
-
-
-def iterations_to_reach_mean_curve(
-    metrics: pd.DataFrame,
-    baseline: str = "vanilla",
-    metric: str = "fid",
-    lower_is_better: bool | None = None,
-) -> pd.DataFrame:
-    """Like :func:`iterations_to_reach`, but on the seed-mean curves: one number per method, no interval.
-
-    Each method's curve is the mean over its seeds at every snapshot step (over the seeds that have that
-    step); the target is the baseline's mean curve at its final step; the crossing is interpolated
-    linearly between snapshots (:func:`first_crossing`).  This is the number a plot of mean curves shows;
-    it is less noisy than single seeds but says nothing about the spread -- prefer the paired
-    per-seed version when there are several seeds.
-
-    Returns:
-        One row per method with columns ``method, metric, baseline_step, n_seeds, target, reach_step,
-        speedup``.
-    """
-    lower = _lower_is_better(metric, lower_is_better)
-    rows = _metric_rows(metrics, metric, baseline)
-    curves = rows.groupby(["method", "step"], sort=True)["value"].mean()
-    base = curves.loc[baseline]
-    baseline_step = int(base.index.max())
-    target = float(base.loc[baseline_step])
-    out = []
-    for method in _method_order(rows["method"], baseline):
-        curve = curves.loc[method]
-        step = first_crossing(curve.index, curve.to_numpy(), target, lower)
-        out.append(
-            {
-                "method": method,
-                "metric": metric,
-                "baseline_step": baseline_step,
-                "n_seeds": int(rows.loc[rows["method"] == method, "seed"].nunique()),
-                "target": target,
-                "reach_step": step,
-                "speedup": _speedup(baseline_step, step),
             }
         )
     return pd.DataFrame(out)

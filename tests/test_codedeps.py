@@ -1,0 +1,126 @@
+"""A stage's code deps are its import closure, under both drivers (stages/_codedeps.py)."""
+
+import re
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages._codedeps import closure, dvc_drift, rewrite_dvc_yaml, stage_closure
+
+from conftest import REPO
+
+
+def _write(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    return root
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A small repository: a stage, the library with a subpackage, and modules nobody imports."""
+    return _write(
+        tmp_path,
+        {
+            "stages/__init__.py": "",
+            "stages/_helper.py": "from diffusion_curriculum.sub import leaf\n",
+            "stages/other.py": "",
+            "stages/run.py": """
+                import os
+                import numpy as np
+                from diffusion_curriculum import plain
+                from . import _helper
+                from .other import something  # an attribute of stages/other.py: the file counts
+
+                def late():
+                    import diffusion_curriculum.lazy  # imported only when called: still code it runs
+            """,
+            "src/diffusion_curriculum/__init__.py": "",
+            "src/diffusion_curriculum/plain.py": "from .sub.leaf import f\n",
+            "src/diffusion_curriculum/lazy.py": "from . import plain\n",  # a cycle through plain
+            "src/diffusion_curriculum/unused.py": "",
+            "src/diffusion_curriculum/sub/__init__.py": "",
+            "src/diffusion_curriculum/sub/leaf.py": "from ..plain import g\nfrom .. import lazy\n",
+            "src/diffusion_curriculum/sub/unused.py": "",
+        },
+    )
+
+
+def test_the_closure_follows_every_import_kind_and_nothing_else(tree):
+    assert closure("stages.run", tree) == [
+        "src/diffusion_curriculum/__init__.py",
+        "src/diffusion_curriculum/lazy.py",
+        "src/diffusion_curriculum/plain.py",
+        "src/diffusion_curriculum/sub/__init__.py",
+        "src/diffusion_curriculum/sub/leaf.py",
+        "stages/__init__.py",
+        "stages/_helper.py",
+        "stages/other.py",
+        "stages/run.py",
+    ]
+
+
+def test_a_module_that_is_not_in_the_repository_is_refused(tree):
+    with pytest.raises(ModuleNotFoundError, match="stages.missing"):
+        closure("stages.missing", tree)
+
+
+def test_the_expert_trainer_depends_on_the_model_file_format_and_the_conditioning():
+    experts = stage_closure("train_expert", REPO)
+    assert {"stages/train.py", "stages/_conditioning.py", "src/diffusion_curriculum/training.py"} <= set(
+        experts
+    )
+    for stage in ("train", "sample", "prepare_data"):
+        assert "stages/_conditioning.py" in stage_closure(stage, REPO), stage
+
+
+def test_dvc_yaml_lists_exactly_each_stage_s_import_closure():
+    drift = dvc_drift(REPO)
+    assert not drift, (
+        "dvc.yaml's code deps differ from the imports (stage: missing, not imported): "
+        f"{drift}; rewrite them with `python -m stages._codedeps --write`"
+    )
+
+
+def test_the_rewrite_touches_only_code_deps(tmp_path):
+    root = tmp_path / "repo"
+    for name in ("stages", "src"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    original = (REPO / "dvc.yaml").read_text()
+    # Drop a code dep, add a stale one: the rewrite restores the committed file.
+    stale = original.replace("      - stages/train.py\n", "", 1).replace(
+        "      - stages/aggregate.py\n",
+        "      - stages/aggregate.py\n      - src/diffusion_curriculum/kl.py\n",
+    )
+    assert stale != original
+    (root / "dvc.yaml").write_text(stale)
+    assert dvc_drift(root)
+    assert rewrite_dvc_yaml(root)
+    assert (root / "dvc.yaml").read_text() == original
+    assert not rewrite_dvc_yaml(root)
+
+
+def _rules() -> dict[str, str]:
+    found = {}
+    for path in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        for block in re.split(r"^rule ", path.read_text(), flags=re.M)[1:]:
+            found[block.split(":", 1)[0].strip()] = block
+    return found
+
+
+def test_each_rule_takes_the_code_of_the_module_its_command_runs():
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    rules = _rules()
+    assert set(dvc) <= set(rules)
+    for name in dvc:
+        block = rules[name]
+        runs = re.findall(r"python -m stages\.(\w+)", block)
+        listed = re.findall(r'code=code\("(\w+)"\)', block)
+        assert len(runs) == 1 and listed == runs, (name, runs, listed)
+        # and no code file listed by hand beside it
+        assert not re.search(r"\.py\"", block), name
