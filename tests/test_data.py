@@ -30,6 +30,7 @@ from diffusion_curriculum.data import (
     to_uint8_images,
     write_parquet,
 )
+from diffusion_curriculum.errors import InputFileError
 from diffusion_curriculum.io import atomic_path, atomic_write, atomic_write_json
 
 
@@ -163,11 +164,11 @@ def test_manifest_fields_and_json_round_trip(tmp_path: Path) -> None:
 
 def test_read_parquet_errors_name_the_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.parquet"
-    with pytest.raises(FileNotFoundError, match=names(missing)):
+    with pytest.raises(InputFileError, match=names(missing) + ": Parquet dataset not found"):
         read_parquet(missing)
     corrupt = tmp_path / "corrupt.parquet"
     corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    with pytest.raises(ValueError, match=names(corrupt)):
+    with pytest.raises(InputFileError, match=names(corrupt) + ": not a readable Parquet table"):
         read_parquet(corrupt)
     truncated = tmp_path / "truncated.parquet"
     write_parquet(random_pixels(), truncated)

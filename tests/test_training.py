@@ -8,7 +8,7 @@ import torch
 from diffusion_curriculum import training
 from diffusion_curriculum.models import create_model
 from diffusion_curriculum.schedules import make_schedule
-from diffusion_curriculum.timesteps import Intervals, make_strategy
+from diffusion_curriculum.timesteps import Intervals, Vanilla, make_strategy
 from diffusion_curriculum.training import CHECKPOINT_NAME, train_loop
 
 
@@ -34,12 +34,14 @@ def run(
     intervals = Intervals.uniform(5)
     images, labels = blob_images()
     images, labels = kw.pop("images", images), kw.pop("labels", labels)
-    method, strategy_params = kw.pop("strategy", ("vanilla", {}))
+    strategy = kw.pop("strategy", ("vanilla", {}))
+    if isinstance(strategy, tuple):
+        strategy = make_strategy(strategy[0], schedule, intervals, **strategy[1])
     args = dict(
         net=net,
         schedule=schedule,
         prediction=prediction,
-        strategy=make_strategy(method, schedule, intervals, **strategy_params),
+        strategy=strategy,
         intervals=intervals,
         images=images,
         labels=labels,
@@ -210,16 +212,43 @@ def test_a_diverged_run_stops_naming_the_step_and_keeps_its_last_good_checkpoint
     assert kept["step"] == 10 and all(torch.isfinite(v).all() for v in kept["net"].values())
 
 
-def test_a_run_that_explodes_while_staying_finite_stops_at_its_loss_spike(tmp_path):
-    """lr 0.3 without clipping sends the loss to ~1e6 within the first log interval without a NaN:
-    measured against the running median (here the first step's loss) the run stops; unchecked it
-    finishes as a "model"."""
-    with pytest.raises(training.TrainingDiverged, match=r"diverged at step 5: .*x its running median"):
-        run(tmp_path / "checked", iterations=30, lr=0.3, grad_clip=None)
-    assert not (tmp_path / "checked" / CHECKPOINT_NAME).exists()  # nothing of it was saved
-    unchecked = run(tmp_path / "unchecked", iterations=30, lr=0.3, grad_clip=None, loss_spike_factor=None)
+class LossBlowsUpAt(Vanilla):
+    """Vanilla whose loss weights jump to 1e5 from step ``at`` on: a finite blow-up at a known step,
+    whatever the network does."""
+
+    def __init__(self, schedule, intervals, at: int):
+        super().__init__(schedule, intervals)
+        self.at, self.step = at, 0
+
+    def before_step(self, step, optimizer):
+        self.step = step
+
+    def weights(self, t):
+        return torch.full(t.shape, 1e5 if self.step + 1 >= self.at else 1.0, device=t.device)
+
+
+@pytest.mark.parametrize(
+    ("at", "stops_at"),
+    [(2, 5), (23, 25)],  # inside the first log interval (against step 1's loss); after 4 healthy rows
+)
+def test_a_run_whose_loss_spikes_while_staying_finite_stops(tmp_path, at, stops_at):
+    schedule, intervals = make_schedule("vp"), Intervals.uniform(5)
+    with pytest.raises(
+        training.TrainingDiverged, match=rf"diverged at step {stops_at}: .*x its running median"
+    ):
+        run(tmp_path / "checked", iterations=30, strategy=LossBlowsUpAt(schedule, intervals, at))
+    if stops_at < 10:
+        assert not (tmp_path / "checked" / CHECKPOINT_NAME).exists()  # nothing of it was saved
+    else:
+        assert torch.load(tmp_path / "checked" / CHECKPOINT_NAME, weights_only=True)["step"] == 20
+    unchecked = run(
+        tmp_path / "unchecked",
+        iterations=30,
+        strategy=LossBlowsUpAt(schedule, intervals, at),
+        loss_spike_factor=None,
+    )
     losses = [row["loss"] for row in unchecked.history["steps"]]
-    assert unchecked.completed and all(math.isfinite(v) for v in losses) and max(losses) > 1e6
+    assert unchecked.completed and all(math.isfinite(v) for v in losses) and max(losses) > 1e3
 
 
 def test_the_spike_reference_is_the_median_of_recent_log_rows():

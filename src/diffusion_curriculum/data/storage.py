@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputFileError
 from ..io import atomic_path
 from .dataset import ImageDataset
 
@@ -107,18 +108,18 @@ def _column_bytes(column: Any, n: int, per_sample: int, file: Path) -> np.ndarra
     parts = []
     for chunk in column.chunks:
         if chunk.null_count:
-            raise ValueError(f"Parquet file {file} has null images")
+            raise InputFileError(file, "has null images")
         _, off_buf, data_buf = chunk.buffers()
         # binary has int32 offsets, large_binary int64; accept both so other writers' files also load.
         off_dtype = np.int64 if chunk.type.equals(pa.large_binary()) else np.int32
         offsets = np.frombuffer(off_buf, dtype=off_dtype)[chunk.offset : chunk.offset + len(chunk) + 1]
         if np.any(np.diff(offsets) != per_sample):
-            raise ValueError(f"Parquet file {file} has image values that are not {per_sample} bytes long")
+            raise InputFileError(file, f"has image values that are not {per_sample} bytes long")
         if len(chunk):
             parts.append(np.frombuffer(data_buf, dtype=np.uint8)[offsets[0] : offsets[-1]])
     data = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint8)
     if data.size != n * per_sample:
-        raise ValueError(f"Parquet file {file} holds {data.size} image bytes, expected {n * per_sample}")
+        raise InputFileError(file, f"holds {data.size} image bytes, expected {n * per_sample}")
     return data
 
 
@@ -129,15 +130,15 @@ def read_parquet(path: str | os.PathLike[str]) -> ImageDataset:
 
     file = Path(path)
     if not file.exists():
-        raise FileNotFoundError(f"Parquet dataset does not exist: {file}")
+        raise InputFileError(file, "Parquet dataset not found")
     try:
         table = pq.read_table(file)
     except Exception as exc:
-        raise ValueError(f"cannot read Parquet dataset {file}: {exc}") from exc
+        raise InputFileError(file, f"not a readable Parquet table ({type(exc).__name__}: {exc})") from exc
 
     raw_meta = (table.schema.metadata or {}).get(_PARQUET_META_KEY)
     if raw_meta is None:
-        raise ValueError(f"Parquet file {file} was not written by write_parquet (no dataset metadata)")
+        raise InputFileError(file, "was not written by write_parquet (no dataset metadata)")
     try:
         meta = json.loads(raw_meta)
         shape = tuple(int(s) for s in meta["shape"])
@@ -145,17 +146,17 @@ def read_parquet(path: str | os.PathLike[str]) -> ImageDataset:
         kind, source, count = meta["kind"], meta["source"], int(meta["count"])
         num_classes = int(meta["num_classes"])
     except Exception as exc:
-        raise ValueError(f"Parquet file {file} has malformed dataset metadata: {exc}") from exc
+        raise InputFileError(file, f"has malformed dataset metadata: {exc}") from exc
     if meta.get("format_version") != _PARQUET_FORMAT_VERSION:
-        raise ValueError(f"Parquet file {file} has unsupported format_version {meta.get('format_version')!r}")
+        raise InputFileError(file, f"has unsupported format_version {meta.get('format_version')!r}")
     if set(table.column_names) != {"image", "label"}:
-        raise ValueError(f"Parquet file {file} has columns {table.column_names}, expected image and label")
+        raise InputFileError(file, f"has columns {table.column_names}, expected image and label")
     image_type = table.schema.field("image").type
     if image_type not in (pa.binary(), pa.large_binary()):
-        raise ValueError(f"Parquet file {file} has image column of type {image_type}, expected binary")
+        raise InputFileError(file, f"has image column of type {image_type}, expected binary")
     n = table.num_rows
     if n != count:
-        raise ValueError(f"Parquet file {file} has {n} rows but its metadata says {count}")
+        raise InputFileError(file, f"has {n} rows but its metadata says {count}")
 
     per_sample = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     data = _column_bytes(table.column("image"), n, per_sample, file)
@@ -165,4 +166,4 @@ def read_parquet(path: str | os.PathLike[str]) -> ImageDataset:
     try:
         return ImageDataset(images, labels, num_classes, source, kind)
     except ValueError as exc:
-        raise ValueError(f"Parquet file {file} holds an invalid dataset: {exc}") from exc
+        raise InputFileError(file, f"holds an invalid dataset: {exc}") from exc
