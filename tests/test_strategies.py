@@ -4,6 +4,7 @@ each strategy states (goodness-of-fit tests with fixed seeds), weight formulas a
 import inspect
 import io
 import math
+import re
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from diffusion_curriculum.timesteps import (
     NaiveCL,
     SpeeD,
     make_strategy,
+    strategy_parameters,
 )
 from diffusion_curriculum.training import train_loop
 
@@ -752,3 +754,61 @@ def test_train_loop_resume_with_a_stateful_strategy(tmp_path, name, params):
         assert whole.history["transitions"]
     for a, b in zip(whole.net.state_dict().values(), rest.net.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+EXTERNAL = '''
+import torch
+from diffusion_curriculum.timesteps import TimestepStrategy
+
+
+class HighNoiseOnly(TimestepStrategy):
+    """Draws only the upper half of the unit interval."""
+
+    def __init__(self, schedule, intervals, low: float = 0.5):
+        super().__init__(schedule, intervals)
+        self.low = low
+
+    def sample(self, batch, generator, device=None):
+        u = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
+        return self.schedule.from_unit(self.low + (1 - self.low) * u)
+
+
+class NoSample(TimestepStrategy):
+    def __init__(self, schedule, intervals):
+        super().__init__(schedule, intervals)
+
+
+class NotAStrategy:
+    pass
+'''
+
+
+def test_a_strategy_from_outside_the_package_is_built_by_module_and_class(tmp_path, monkeypatch):
+    (tmp_path / "my_strategies.py").write_text(EXTERNAL)
+    monkeypatch.syspath_prepend(tmp_path)
+    schedule = make_schedule("vp")
+    strategy = make_strategy("my_strategies:HighNoiseOnly", schedule, Intervals.uniform(4), low=0.75)
+    t = strategy.sample(4000, torch.Generator().manual_seed(0))
+    assert t.min() >= 740 and t.max() <= 999  # u >= 0.75 on the 1000-step VP schedule
+    assert strategy_parameters("my_strategies:HighNoiseOnly") == {"low": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("kind", "problem"),
+    [
+        ("nowhere_module:X", "cannot import 'nowhere_module'"),
+        ("my_strategies:Missing", "my_strategies has no 'Missing'"),
+        (
+            "my_strategies:NotAStrategy",
+            "is not a subclass of diffusion_curriculum.timesteps.TimestepStrategy",
+        ),
+        ("my_strategies:NoSample", "does not implement sample"),
+        ("my_strategies:", "write 'module:Class'"),
+        ("no_such_name", "unknown timestep strategy 'no_such_name'"),
+    ],
+)
+def test_a_bad_strategy_kind_is_named(tmp_path, monkeypatch, kind, problem):
+    (tmp_path / "my_strategies.py").write_text(EXTERNAL)
+    monkeypatch.syspath_prepend(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        make_strategy(kind, make_schedule("vp"), Intervals.uniform(4))

@@ -22,10 +22,16 @@ formula and parameters):
 ``logit_normal``   SD3's logit-normal density on the unit interval
 ``edm_lognormal``  EDM's log-normal density of noise levels
 =================  ==========================================================================
+
+A strategy from outside the package is named ``"module:Class"`` (``make_strategy("my_strategies:Warmup",
+...)``): the module must be importable (a file in the working directory, where the pipeline's stages
+run, or an installed package) and the class a subclass of :class:`TimestepStrategy` that implements
+``sample`` and takes ``(schedule, intervals, **its parameters)``.  One class in one file is enough.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 
 from ..schedules import NoiseSchedule
@@ -53,6 +59,7 @@ __all__ = [
     "EDMLogNormal",
     "STRATEGIES",
     "make_strategy",
+    "strategy_class",
     "strategy_parameters",
 ]
 
@@ -62,35 +69,68 @@ STRATEGIES: dict[str, type[TimestepStrategy]] = {
 }
 
 
-def strategy_parameters(name: str) -> dict[str, object]:
-    """The parameters a strategy accepts, with their defaults (``inspect.Parameter.empty`` = required)."""
-    cls = _lookup(name)
-    params = list(inspect.signature(cls.__init__).parameters.values())[3:]  # self, schedule, intervals
-    return {p.name: p.default for p in params}
+def strategy_class(kind: str) -> type[TimestepStrategy]:
+    """The class ``kind`` names: a registered name (:data:`STRATEGIES`) or ``"module:Class"``.
 
-
-def _lookup(name: str) -> type[TimestepStrategy]:
+    Raises ValueError naming ``kind`` when the module cannot be imported, has no such class, or the class
+    is not a :class:`TimestepStrategy` that implements ``sample``.
+    """
+    if ":" not in kind:
+        try:
+            return STRATEGIES[kind]
+        except KeyError:
+            raise ValueError(
+                f"unknown timestep strategy {kind!r}; expected one of {sorted(STRATEGIES)} or "
+                "'module:Class' for a strategy of your own"
+            ) from None
+    module_name, _, class_name = kind.partition(":")
+    if not module_name or not class_name.isidentifier():
+        raise ValueError(f"timestep strategy {kind!r}: write 'module:Class' (e.g. 'my_strategies:Warmup')")
     try:
-        return STRATEGIES[name]
-    except KeyError:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
         raise ValueError(
-            f"unknown timestep strategy {name!r}; expected one of {sorted(STRATEGIES)}"
+            f"timestep strategy {kind!r}: cannot import {module_name!r} ({err}); put {module_name}.py in "
+            "the folder the pipeline runs in, or install the package that holds it"
         ) from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ValueError(f"timestep strategy {kind!r}: {module_name} has no {class_name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, TimestepStrategy)):
+        raise ValueError(
+            f"timestep strategy {kind!r} is not a subclass of diffusion_curriculum.timesteps.TimestepStrategy"
+        )
+    if cls.sample is TimestepStrategy.sample:
+        raise ValueError(f"timestep strategy {kind!r} does not implement sample(batch, generator, device)")
+    names = list(inspect.signature(cls.__init__).parameters)[1:3]
+    if names != ["schedule", "intervals"]:
+        raise ValueError(
+            f"timestep strategy {kind!r}: __init__ must take (self, schedule, intervals, ...), not {names}"
+        )
+    return cls
 
 
-def make_strategy(name: str, schedule: NoiseSchedule, intervals: Intervals, **params) -> TimestepStrategy:
-    """Build a strategy by name with its own parameters (those of ``params.yaml``'s entry for it).
+def strategy_parameters(kind: str) -> dict[str, object]:
+    """The parameters a strategy accepts, with their defaults (``inspect.Parameter.empty`` = required)."""
+    cls = strategy_class(kind)
+    params = list(inspect.signature(cls.__init__).parameters.values())[3:]  # self, schedule, intervals
+    return {p.name: p.default for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def make_strategy(kind: str, schedule: NoiseSchedule, intervals: Intervals, **params) -> TimestepStrategy:
+    """Build a strategy by its registered name or ``"module:Class"``, with its own parameters (those of
+    its ``params.yaml`` entry).
 
     Unknown or missing parameter names raise a ValueError that names them and lists the accepted ones.
     """
-    cls = _lookup(name)
-    accepted = strategy_parameters(name)
+    cls = strategy_class(kind)
+    accepted = strategy_parameters(kind)
     unknown = sorted(set(params) - set(accepted))
     missing = sorted(k for k, v in accepted.items() if v is inspect.Parameter.empty and k not in params)
     if unknown or missing:
         problems = [f"unknown parameter(s) {unknown}"] if unknown else []
         problems += [f"missing required parameter(s) {missing}"] if missing else []
         raise ValueError(
-            f"timestep strategy {name!r}: {'; '.join(problems)}; accepted: {sorted(accepted) or 'none'}"
+            f"timestep strategy {kind!r}: {'; '.join(problems)}; accepted: {sorted(accepted) or 'none'}"
         )
     return cls(schedule, intervals, **params)
