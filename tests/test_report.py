@@ -415,3 +415,28 @@ def test_markdown_report_links_images_relatively(tmp_path):
     assert text.startswith("# Results\n") and "## Table" in text
     assert "![FID](figures/fid.png)" in text and "*FID*" in text
     assert "| vanilla | 12.35 |" in text
+
+
+def test_a_list_right_after_a_paragraph_line_renders_as_a_list():
+    from diffusion_curriculum.report.html import markdown_to_html
+
+    text = "Sample quality:\n- FID: **13.4**\n- class agreement 0.95\n  over 3 seeds\n\nNext."
+    html = markdown_to_html(text)
+    assert html == (
+        "<p>Sample quality:</p>\n"
+        "<ul><li>FID: <strong>13.4</strong></li><li>class agreement 0.95 over 3 seeds</li></ul>\n"
+        "<p>Next.</p>"
+    )
+
+
+def test_the_clusters_choice_reads_as_words():
+    from diffusion_curriculum.report.tables import describe_clusters
+
+    assert describe_clusters({"order": "paper", "rule": "uniform"}) == (
+        "Equal cells of the unit interval (the paper), ordered from the highest noise (easiest) to the "
+        "lowest, as in the paper."
+    )
+    measured = {"rule": "difficulty", "order": "measured", "signal": "kl", "column": "kl"}
+    text = describe_clusters({**measured, "source": "kl.parquet", "kl_estimator": "score", "extra": 1})
+    assert "measured by the score KL estimate (column `kl` of `kl.parquet`)" in text
+    assert text.endswith("easiest first, extra: 1.") and "{" not in text

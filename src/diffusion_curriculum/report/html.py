@@ -118,6 +118,42 @@ def _inline(text: str) -> str:
     return "".join(out)
 
 
+def _block_html(lines: list[str]) -> list[str]:
+    """One blank-line separated block: a heading, or runs of paragraph text and bullet lists (a list
+    may follow a paragraph line directly, as in CommonMark; an indented line continues a bullet)."""
+    stripped = [line.strip() for line in lines]
+    heading = re.match(r"^(#{1,4})\s+(.*)$", stripped[0])
+    if heading and len(stripped) == 1:
+        level = min(6, len(heading.group(1)) + 2)
+        return [f"<h{level}>{_inline(heading.group(2))}</h{level}>"]
+    out: list[str] = []
+    paragraph: list[str] = []
+    items: list[list[str]] = []
+
+    def flush_paragraph() -> None:
+        if paragraph:
+            out.append(f"<p>{_inline(' '.join(paragraph))}</p>")
+            paragraph.clear()
+
+    def flush_items() -> None:
+        if items:
+            out.append("<ul>" + "".join(f"<li>{_inline(' '.join(i))}</li>" for i in items) + "</ul>")
+            items.clear()
+
+    for raw, line in zip(lines, stripped, strict=True):
+        if _BULLET.match(line):
+            flush_paragraph()
+            items.append([_BULLET.sub("", line)])
+        elif items and raw[:1] in (" ", "\t"):
+            items[-1].append(line)
+        else:
+            flush_items()
+            paragraph.append(line)
+    flush_paragraph()
+    flush_items()
+    return out
+
+
 def markdown_to_html(text: str) -> str:
     """A small Markdown subset as HTML: blank-line separated blocks, ``#``-``####`` headings (rendered
     two levels below the section heading), ``-``/``*`` bullet lists, fenced code blocks, paragraphs;
@@ -128,19 +164,10 @@ def markdown_to_html(text: str) -> str:
         if k % 2:
             out.append(f"<pre><code>{html.escape(chunk.rstrip(), quote=False)}</code></pre>")
             continue
-        for block in re.split(r"\n[ \t]*\n", chunk.strip()):
-            lines = [line.strip() for line in block.splitlines() if line.strip()]
-            if not lines:
-                continue
-            heading = re.match(r"^(#{1,4})\s+(.*)$", lines[0])
-            if heading and len(lines) == 1:
-                level = min(6, len(heading.group(1)) + 2)
-                out.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
-            elif all(_BULLET.match(line) for line in lines):
-                items = "".join(f"<li>{_inline(_BULLET.sub('', line))}</li>" for line in lines)
-                out.append(f"<ul>{items}</ul>")
-            else:
-                out.append(f"<p>{_inline(' '.join(lines))}</p>")
+        for block in re.split(r"\n[ \t]*\n", chunk.strip("\n")):
+            lines = [line for line in block.splitlines() if line.strip()]
+            if lines:
+                out.extend(_block_html(lines))
     return "\n".join(out)
 
 

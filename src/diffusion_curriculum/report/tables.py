@@ -178,3 +178,38 @@ def reach_table(reach: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows).set_index("method") if rows else pd.DataFrame()
+
+
+_RULE_WORDS = {
+    "uniform": "equal cells of the unit interval (the paper)",
+    "snr": "equal ranges of log-SNR",
+    "edm_quantile": "equal-probability cells of EDM's log-normal noise density",
+    "difficulty": "equal shares of the measured difficulty",
+}
+_ORDER_WORDS = {
+    "paper": "ordered from the highest noise (easiest) to the lowest, as in the paper",
+    "measured": "ordered by measured difficulty per unit time, easiest first",
+}
+
+
+def describe_clusters(chosen_by: dict) -> str:
+    """``curriculum.json``'s ``chosen_by`` record as a sentence, e.g. "Equal cells of the unit interval
+    (the paper), ordered from the highest noise ...".  Keys it does not know are listed at the end."""
+    rest = dict(chosen_by)
+    rule, order = rest.pop("rule", None), rest.pop("order", None)
+    parts = [_RULE_WORDS.get(rule, f"rule {rule!r}") if rule else "rule unknown"]
+    signal, column, source = rest.pop("signal", None), rest.pop("column", None), rest.pop("source", None)
+    if signal:
+        estimator = rest.pop("kl_estimator", None)
+        what = f"the {estimator} KL estimate" if signal == "kl" and estimator else f"the {signal} signal"
+        parts.append(f"measured by {what} (column `{column}` of `{source}`)")
+    if "p_mean" in rest and "p_std" in rest:
+        parts.append(f"with P_mean {rest.pop('p_mean')} and P_std {rest.pop('p_std')}")
+    if order:
+        parts.append(_ORDER_WORDS.get(order, f"order {order!r}"))
+    if "merged_from" in rest:
+        parts.append(f"{rest.pop('merged_from')} requested, coinciding boundaries merged")
+    if rest:
+        parts.append("; ".join(f"{key}: {value}" for key, value in sorted(rest.items())))
+    text = ", ".join(parts)
+    return text[0].upper() + text[1:] + "."
