@@ -440,3 +440,33 @@ def test_the_clusters_choice_reads_as_words():
     text = describe_clusters({**measured, "source": "kl.parquet", "kl_estimator": "score", "extra": 1})
     assert "measured by the score KL estimate (column `kl` of `kl.parquet`)" in text
     assert text.endswith("easiest first, extra: 1.") and "{" not in text
+
+
+def test_provenance_names_the_commit_the_params_hash_and_the_versions(tmp_path):
+    import hashlib
+    import subprocess
+
+    from diffusion_curriculum.report.provenance import collect_provenance, provenance_markdown
+
+    params = tmp_path / "params.yaml"
+    params.write_text("train: {lr: 0.001}\n")
+    outside = collect_provenance(params, code_folder=tmp_path)
+    assert outside["commit"] is None  # not a git checkout
+    assert outside["params_sha256"] == hashlib.sha256(params.read_bytes()).hexdigest()
+    assert outside["packages"]["torch"] and outside["packages"]["numpy"]
+
+    for args in (
+        ["init", "-q"],
+        ["add", "params.yaml"],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+    ):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True)
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True
+    ).stdout.strip()
+    assert collect_provenance(params, code_folder=tmp_path)["commit"] == head
+    params.write_text("train: {lr: 0.002}\n")
+    record = collect_provenance(params, code_folder=tmp_path)
+    assert record["commit"] == head + "-dirty"
+    text = provenance_markdown(record)
+    assert f"`{head}-dirty`" in text and "params.yaml" in text and "torch " in text
