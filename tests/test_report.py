@@ -470,3 +470,24 @@ def test_provenance_names_the_commit_the_params_hash_and_the_versions(tmp_path):
     assert record["commit"] == head + "-dirty"
     text = provenance_markdown(record)
     assert f"`{head}-dirty`" in text and "params.yaml" in text and "torch " in text
+
+
+@pytest.mark.parametrize(("n", "paired"), [(3, True), (5, True), (8, False)])
+def test_a_difference_of_the_minimum_detectable_size_is_detected_with_the_stated_power(n, paired):
+    """Monte Carlo: t tests on normal data whose true difference is the minimum detectable difference
+    reject in 80% of draws (the stated power), and in 5% when there is no difference."""
+    from diffusion_curriculum.report.stats import minimum_detectable_difference, seeds_needed
+
+    delta = minimum_detectable_difference(2.0, n, paired=paired)
+    rng = np.random.default_rng(n)
+    reps = 20_000
+    for true, expected in ((delta, 0.8), (0.0, 0.05)):
+        if paired:
+            diffs = rng.normal(true, 2.0, size=(reps, n))
+            p = sps.ttest_1samp(diffs, 0.0, axis=1).pvalue
+        else:
+            a, b = rng.normal(0.0, 2.0, size=(reps, n)), rng.normal(true, 2.0, size=(reps, n))
+            p = sps.ttest_ind(a, b, axis=1).pvalue
+        assert abs((p < 0.05).mean() - expected) < 0.012
+    assert seeds_needed(2.0, delta, paired=paired) == n
+    assert math.isnan(minimum_detectable_difference(2.0, 1))

@@ -44,6 +44,8 @@ __all__ = [
     "iterations_to_reach",
     "LowNoiseContrast",
     "low_noise_contrast",
+    "minimum_detectable_difference",
+    "seeds_needed",
 ]
 
 METRIC_COLUMNS = ("method", "seed", "step", "metric", "value")
@@ -116,6 +118,64 @@ def mean_ci(values: Iterable[float], confidence: float = 0.95) -> tuple[int, flo
     mean = float(arr.mean()) if n else math.nan
     std = float(arr.std(ddof=1)) if n >= 2 else math.nan
     return n, mean, std, t_half_width(std, n, confidence)
+
+
+def _t_test_power(ncp: float, df: int, alpha: float) -> float:
+    critical = sps.t.ppf(1.0 - alpha / 2.0, df)
+    power = float(sps.nct.sf(critical, df, ncp) + sps.nct.cdf(-critical, df, ncp))
+    # SciPy's noncentral t gives NaN far in its tail, where the power is 1 (or 0) to float precision.
+    return power if math.isfinite(power) else float(ncp > critical)
+
+
+def _scale(std: float, n: int, paired: bool) -> tuple[float, int]:
+    # The standard error of the compared difference and the t test's degrees of freedom.
+    return (std / math.sqrt(n), n - 1) if paired else (std * math.sqrt(2.0 / n), 2 * (n - 1))
+
+
+def minimum_detectable_difference(
+    std: float, n: int, *, alpha: float = 0.05, power: float = 0.8, paired: bool = True
+) -> float:
+    """The smallest true difference a two-sided t test at level ``alpha`` detects with probability
+    ``power``, with ``n`` seeds per method and seed-to-seed standard deviation ``std``.
+
+    ``paired`` (methods compared seed by seed): ``std`` is that of the per-seed differences, df = n - 1;
+    otherwise two independent groups of ``n`` with a common ``std``, df = 2(n - 1).  Exact under
+    normality: the power is the noncentral t's tail mass beyond the critical values, solved for the
+    noncentrality.  NaN when ``n < 2`` or ``std`` is not finite.
+    """
+    if not (0.0 < alpha < 1.0 and alpha < power < 1.0):
+        raise ValueError(f"need 0 < alpha < power < 1, got alpha {alpha!r}, power {power!r}")
+    if n < 2 or not math.isfinite(std):
+        return math.nan
+    scale, df = _scale(std, n, paired)
+    if scale == 0.0:
+        return 0.0
+    from scipy.optimize import brentq
+
+    high = 1.0
+    while _t_test_power(high, df, alpha) < power:
+        high *= 2.0
+    ncp = brentq(lambda c: _t_test_power(c, df, alpha) - power, 0.0, high, xtol=1e-10)
+    return float(ncp * scale)
+
+
+def seeds_needed(
+    std: float,
+    difference: float,
+    *,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    paired: bool = True,
+    max_seeds: int = 1000,
+) -> int | None:
+    """The fewest seeds per method with which :func:`minimum_detectable_difference` is at most
+    ``|difference|``; None when more than ``max_seeds`` would be needed (or nothing is measurable)."""
+    if not (math.isfinite(std) and math.isfinite(difference)) or difference == 0.0:
+        return None
+    for n in range(2, max_seeds + 1):
+        if minimum_detectable_difference(std, n, alpha=alpha, power=power, paired=paired) <= abs(difference):
+            return n
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
