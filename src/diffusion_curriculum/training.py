@@ -142,6 +142,7 @@ def train_loop(
         hflip=hflip,
         device=device,
     )
+    # the loss is looked up in this module when the loop starts, so it can be wrapped (tests record batches)
     optim_step = OptimStep(
         parts,
         strategy,
