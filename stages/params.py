@@ -132,18 +132,77 @@ def check_consistency(params: dict, source: str = "params.yaml") -> None:
         )
 
 
-def load(path: str | Path) -> dict:
-    """Read and validate a params file."""
-    path = Path(path)
+EXTENDS = "extends"
+# First line of a file written by `compose`: such a file is a composition, never a base to compose on.
+COMPOSED_HEADER = "# Composed by diffusion-curriculum from "
+
+
+def _read_mapping(path: Path) -> dict:
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")
+    text = path.read_text()
     try:
-        params = yaml.safe_load(path.read_text())
+        params = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(params, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
-    return validate(params, str(path))
+    if text.startswith(COMPOSED_HEADER):
+        params["__composed__"] = True
+    return params
+
+
+def _merge(base: dict, override: dict) -> dict:
+    # Mappings merge key by key; anything else (lists included) replaces the base's value.
+    merged = dict(base)
+    for key, value in override.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merge(merged[key], value) if both else value
+    return merged
+
+
+def compose(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """The parameters a params file stands for: its own keys over those of the file it names in
+    ``extends:`` (a path relative to it), recursively.  A file without ``extends`` stands for itself.
+
+    A preset can thus hold only what differs from ``params.yaml`` (``extends: ../params.yaml``).  Not
+    validated here (:func:`load` does that).
+    """
+    path = Path(path)
+    chain = (*_chain, path.resolve())
+    params = _read_mapping(path)
+    base_name = params.pop(EXTENDS, None)
+    composed_file = params.pop("__composed__", False)
+    if base_name is None:
+        if composed_file and _chain:
+            raise ParamsError(
+                f"{path} holds a composed preset, not the defaults {_chain[-1].name} extends; restore it "
+                f"(e.g. git checkout {path.name}) before composing another preset on it"
+            )
+        return params
+    if not isinstance(base_name, str):
+        raise ParamsError(f"{path}: {EXTENDS} must name a params file, got {base_name!r}")
+    base_path = path.parent / base_name
+    if base_path.resolve() in chain:
+        loop = " -> ".join(str(p) for p in (*chain, base_path.resolve()))
+        raise ParamsError(f"{path}: {EXTENDS} loops back ({loop})")
+    return _merge(compose(base_path, chain), params)
+
+
+def load(path: str | Path) -> dict:
+    """Read (following ``extends:``) and validate a params file."""
+    return validate(compose(path), str(path))
+
+
+def write_composed(preset: str | Path, out: str | Path) -> Path:
+    """Write the complete, validated parameters ``preset`` stands for to ``out`` (for DVC, which reads
+    ``params.yaml`` key by key), headed by a line that names the preset."""
+    from diffusion_curriculum.io import atomic_write_text
+
+    params = load(preset)
+    check_consistency(params, str(preset))
+    header = f"{COMPOSED_HEADER}{preset}; restore the defaults with: git checkout {Path(out).name}\n"
+    return atomic_write_text(out, header + yaml.safe_dump(params, sort_keys=False))
 
 
 def sections(path: str | Path, *names: str) -> dict:
