@@ -192,9 +192,9 @@ def test_a_params_edit_reruns_exactly_its_readers(driver, tmp_path, path, value,
 @pytest.mark.parametrize(
     ("source_file", "expected"),
     [
-        ("stages/sample.py", SAMPLE | STITCH_SAMPLE | {"estimate_kl_score"}),
+        ("src/diffusion_curriculum/stages/sample.py", SAMPLE | STITCH_SAMPLE | {"estimate_kl_score"}),
         # The model-file format: the experts write their models with train's model_file.
-        ("stages/train.py", TRAIN | TRAIN_EXPERT),
+        ("src/diffusion_curriculum/stages/train.py", TRAIN | TRAIN_EXPERT),
         ("src/diffusion_curriculum/training.py", TRAIN | TRAIN_EXPERT),
         # timesteps/__init__.py imports every strategy, so every user of the package runs this file.
         (

@@ -55,7 +55,7 @@ def load_reference(path: str | Path, expected_extractor: str) -> dict[str, np.nd
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = _cli.parser(__doc__)
+    ap = _cli.parser("evaluate", __doc__)
     ap.add_argument("--samples", required=True, help="samples.npz written by sample")
     ap.add_argument("--reference", required=True, help="reference.npz written by fid_ref")
     ap.add_argument("--feature-net", required=True, help="feature_net.pt written by feature_net")

@@ -71,7 +71,7 @@ def score_of(denoiser, shape: tuple[int, ...]):
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = _cli.parser(__doc__)
+    ap = _cli.parser("estimate_kl_score", __doc__)
     ap.add_argument("--data", required=True, help="train.parquet written by encode_latents")
     ap.add_argument("--experts-dir", required=True, help="holds expert{i}/model.pt for experts.intervals")
     ap.add_argument("--out", required=True, help="kl_score.parquet to write")

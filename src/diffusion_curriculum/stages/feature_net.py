@@ -18,7 +18,7 @@ from . import _cli, _features, gpu, params
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = _cli.parser(__doc__)
+    ap = _cli.parser("feature_net", __doc__)
     ap.add_argument("--data", required=True, help="train.parquet written by prepare_data")
     ap.add_argument("--out-dir", required=True, help="writes feature_net.pt and feature_net.json here")
     args = ap.parse_args(argv)

@@ -126,7 +126,7 @@ def latent_decoder(manifest: dict | None, model_path: str, model_data: dict, dev
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = _cli.parser(__doc__)
+    ap = _cli.parser("sample", __doc__)
     source = ap.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="model.pt written by train")
     source.add_argument(

@@ -58,7 +58,7 @@ def with_run_facts(method: str, strategy_params: dict, diffusion: dict, train: d
 def relaunch_under_torchrun(ranks: int, argv: list[str] | None) -> None:
     """Replace this process by ``torchrun`` with ``ranks`` copies of the same command (one per GPU)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
-    os.execv(sys.executable, [*command, "-m", "stages.train", *(sys.argv[1:] if argv is None else argv)])
+    os.execv(sys.executable, [*command, "-m", __spec__.name, *(sys.argv[1:] if argv is None else argv)])
 
 
 def start_data_parallel(device: str) -> int:
@@ -128,7 +128,7 @@ def _write_table(rows: list[dict], path: Path, columns: list[str] | None = None)
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = _cli.parser(__doc__)
+    ap = _cli.parser("train", __doc__)
     ap.add_argument("--data", required=True, help="train.parquet written by encode_latents")
     ap.add_argument("--captions", default=None, help="captions.parquet written by prepare_data (text models)")
     ap.add_argument("--method", required=True, help="timestep strategy (a key of params 'strategies')")

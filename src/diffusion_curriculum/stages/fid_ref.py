@@ -63,7 +63,7 @@ def split_real_images(
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = _cli.parser(__doc__)
+    ap = _cli.parser("fid_ref", __doc__)
     ap.add_argument("--data", required=True, help="train.parquet written by prepare_data")
     ap.add_argument("--feature-net", required=True, help="feature_net.pt written by feature_net")
     ap.add_argument("--out-dir", required=True, help="reference.npz, reference.json, floor.npz go here")

@@ -42,7 +42,7 @@ def copy_through(source: str, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = _cli.parser(__doc__)
+    ap = _cli.parser("encode_latents", __doc__)
     ap.add_argument("--data", default="data/prepared/train.parquet", help="prepare_data's Parquet")
     ap.add_argument("--out-dir", default="data/encoded", help="writes train.parquet and manifest.json here")
     args = ap.parse_args(argv)

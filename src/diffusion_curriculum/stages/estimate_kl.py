@@ -25,7 +25,7 @@ from . import _cli, gpu, params
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = _cli.parser(__doc__)
+    ap = _cli.parser("estimate_kl", __doc__)
     ap.add_argument("--data", required=True, help="train.parquet written by prepare_data")
     ap.add_argument("--out", required=True, help="kl.parquet to write")
     args = ap.parse_args(argv)

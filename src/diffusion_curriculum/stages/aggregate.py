@@ -256,7 +256,7 @@ def _finite(value) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = _cli.parser(__doc__)
+    ap = _cli.parser("aggregate", __doc__)
     ap.add_argument("--train-dir", required=True, help="holds {method}/seed{seed}/ of the train stage")
     ap.add_argument(
         "--metrics-dir", required=True, help="holds the evaluate, evaluate_floor and stitch_eval JSONs"

@@ -13,7 +13,7 @@ from ._conditioning import write_no_captions
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = _cli.parser(__doc__)
+    ap = _cli.parser("prepare_data", __doc__)
     ap.add_argument(
         "--out-dir", default="data/prepared", help="writes train.parquet, manifest.json, captions.parquet"
     )

@@ -34,7 +34,7 @@ SECTIONS = ("diffusion", "model", "curriculum", "experts")
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = _cli.parser(__doc__)
+    ap = _cli.parser("train_expert", __doc__)
     ap.add_argument("--data", required=True, help="train.parquet written by encode_latents")
     ap.add_argument("--captions", default=None, help="captions.parquet written by prepare_data (text models)")
     ap.add_argument("--interval", required=True, type=int, help="i of C_i, 1 = lowest noise")
