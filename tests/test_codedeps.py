@@ -72,12 +72,13 @@ def test_a_module_that_is_not_in_the_repository_is_refused(tree):
 
 def test_the_expert_trainer_depends_on_the_model_file_format_and_the_conditioning():
     experts = stage_closure("train_expert", REPO)
-    stages = "src/diffusion_curriculum/stages/"
-    assert {f"{stages}train.py", f"{stages}_conditioning.py", "src/diffusion_curriculum/training.py"} <= set(
-        experts
-    )
+    lib = "src/diffusion_curriculum/"
+    assert {f"{lib}checkpoints.py", f"{lib}conditioning.py", f"{lib}training.py"} <= set(experts)
+    assert f"{lib}stages/train.py" not in experts  # the format is the library's, not the train stage's
     for stage in ("train", "sample", "prepare_data"):
-        assert f"{stages}_conditioning.py" in stage_closure(stage, REPO), stage
+        assert f"{lib}conditioning.py" in stage_closure(stage, REPO), stage
+    for stage in ("train", "sample", "estimate_kl_score"):
+        assert f"{lib}checkpoints.py" in stage_closure(stage, REPO), stage
 
 
 def test_dvc_yaml_lists_exactly_each_stage_s_import_closure():

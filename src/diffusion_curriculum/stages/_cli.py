@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from diffusion_curriculum.errors import InputFileError, TrainingDiverged
+from diffusion_curriculum.errors import InputFileError, SettingError, TrainingDiverged
 
 from .params import ParamsError
 
@@ -65,9 +65,9 @@ def use_threads(threads: int) -> None:
     threadpool_limits(limits=threads)
 
 
-# Failures of the user's parameters, files or run: one line naming the key or file, exit status 2.
-# Anything else (a ValueError from a bug included) keeps its traceback.
-USER_ERRORS = (ParamsError, InputFileError, FileNotFoundError, TrainingDiverged)
+# Failures of the user's parameters, settings, files or run: one line naming the key or file, exit
+# status 2.  Anything else (a ValueError from a bug included) keeps its traceback.
+USER_ERRORS = (ParamsError, SettingError, InputFileError, FileNotFoundError, TrainingDiverged)
 
 
 def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:

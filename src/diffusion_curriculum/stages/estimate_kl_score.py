@@ -16,58 +16,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
 
 from diffusion_curriculum import data
-from diffusion_curriculum.errors import InputFileError
+from diffusion_curriculum.checkpoints import load_expert
+from diffusion_curriculum.gpu import pick_device
 from diffusion_curriculum.io import atomic_path
-from diffusion_curriculum.kl import default_timesteps
-from diffusion_curriculum.kl_score import estimate_kl_score
-from diffusion_curriculum.schedules import broadcast_to
+from diffusion_curriculum.kl_score import EXPERT_COLUMNS, estimate_kl_with_experts
 
-from . import _cli, gpu, params
-from .sample import load_denoiser
-
-COLUMNS = [
-    "t", "t_prev", "unit", "kl", "kl_stderr", "kl_first_order_ok", "g_mean", "g_mean_stderr",
-    "score_consistent", "expert",
-]  # fmt: skip
-
-
-def score_pairs(schedule, grid_points: int) -> list[tuple]:
-    """The (t_prev, t) pairs to estimate, ascending."""
-    if schedule.discrete:
-        last = schedule.num_timesteps - 1
-        ts = np.unique(np.round(np.geomspace(1, last, grid_points)).astype(np.int64))
-        return [(int(t) - 1, int(t)) for t in ts]
-    times = default_timesteps(schedule, grid_points + 1).tolist()
-    return list(zip(times[:-1], times[1:], strict=True))
-
-
-def expert_for(experts: list, unit: float):
-    """The expert whose interval [unit_low, unit_high) holds ``unit`` (the last one also holds 1)."""
-    for denoiser, interval in experts:
-        if interval["unit_low"] <= unit < interval["unit_high"] or (
-            unit >= 1.0 and interval["unit_high"] >= 1.0
-        ):
-            return denoiser, interval
-    raise ValueError(f"no expert covers unit time {unit:.4f}")
-
-
-def score_of(denoiser, shape: tuple[int, ...]):
-    """score_fn(x, t) of an x0-predicting denoiser: s = (alpha x0_hat - x) / sigma^2 (Tweedie), with the
-    null condition, so s is the score of the unconditional marginal."""
-
-    def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        images = x.to(torch.float32).reshape(-1, *shape)
-        x0 = denoiser(images, t, None)
-        alpha, sigma = denoiser.schedule.alpha_sigma(t)
-        s = (broadcast_to(alpha, images) * x0 - images) / broadcast_to(sigma.square(), images)
-        return s.reshape(x.shape[0], -1).to(x.dtype)
-
-    return score
+from . import _cli, params
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,42 +40,29 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     if score_cfg["source"] == "none":
         with atomic_path(out) as tmp:
-            pd.DataFrame({c: pd.Series(dtype="float64") for c in COLUMNS}).to_parquet(tmp, index=False)
+            pd.DataFrame({c: pd.Series(dtype="float64") for c in EXPERT_COLUMNS}).to_parquet(tmp, index=False)
         print("estimate_kl_score: kl.score.source is none; nothing estimated")
         return
-    device = gpu.pick_device(params.resolve_device(kl["device"]))
+    device = pick_device(params.resolve_device(kl["device"]))
     experts = []
     for i in intervals:
-        path = Path(args.experts_dir) / f"expert{i}" / "model.pt"
-        denoiser, ckpt = load_denoiser(path, use_ema=True, device=device)
-        if "interval" not in ckpt:
-            raise InputFileError(path, "is not an expert's model file (no interval; written by train_expert)")
-        denoiser.requires_grad_(False)
-        experts.append((denoiser, ckpt["interval"]))
-    schedule = experts[0][0].schedule
+        denoiser, ckpt = load_expert(Path(args.experts_dir) / f"expert{i}" / "model.pt", True, device)
+        experts.append((denoiser.requires_grad_(False), ckpt["interval"]))
     arch = ckpt["arch"]
-    shape = (arch["in_channels"], arch["input_size"], arch["input_size"])
 
     dataset = data.subset(data.read_parquet(args.data), kl["num_data"], seed=kl["seed"])
     images, _ = data.to_training_tensor(dataset)
     started = time.perf_counter()
-    rows = []
-    for t_prev, t in score_pairs(schedule, score_cfg["grid_points"]):
-        unit = float(schedule.to_unit(torch.as_tensor(t_prev, dtype=torch.float64)))
-        denoiser, interval = expert_for(experts, unit)
-        # One generator seed for every pair: the same data, noise and probes (common random numbers).
-        table = estimate_kl_score(
-            score_of(denoiser, shape),
-            images,
-            schedule,
-            [t_prev, t],
-            score_cfg["num_samples"],
-            generator=torch.Generator(device=device).manual_seed(kl["seed"]),
-            device=device,
-            batch_size=score_cfg["batch_size"],
-        )
-        rows.append(table.assign(expert=int(interval["index"])))
-    result = pd.concat(rows, ignore_index=True)[COLUMNS]
+    result = estimate_kl_with_experts(
+        experts,
+        images,
+        score_cfg["grid_points"],
+        score_cfg["num_samples"],
+        shape=(arch["in_channels"], arch["input_size"], arch["input_size"]),
+        seed=kl["seed"],
+        device=device,
+        batch_size=score_cfg["batch_size"],
+    )
     with atomic_path(out) as tmp:
         result.to_parquet(tmp, index=False)
     print(
