@@ -20,8 +20,8 @@ from diffusion_curriculum.difficulty import (
     oscillation_onset,
     plateau_step,
 )
+from diffusion_curriculum.report.findings import convergence_finding
 from diffusion_curriculum.schedules import make_schedule
-from diffusion_curriculum.stages.aggregate import convergence_finding
 from diffusion_curriculum.timesteps.base import Intervals
 
 # A per-step loss curve with a known convergence point: exp decay that stops dead at TURN_STEP, then flat.
