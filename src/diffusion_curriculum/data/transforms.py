@@ -8,7 +8,15 @@ import numpy as np
 
 from .dataset import PIXELS, ImageDataset
 
-__all__ = ["convert_channels", "resize_images", "subset", "to_training_tensor", "to_uint8_images"]
+__all__ = [
+    "convert_channels",
+    "image_grid",
+    "preview_grid",
+    "resize_images",
+    "subset",
+    "to_training_tensor",
+    "to_uint8_images",
+]
 
 
 def subset(dataset: ImageDataset, max_images: int | None, seed: int = 0) -> ImageDataset:
