@@ -33,7 +33,7 @@ from . import _cli, params
 CURVE_METRICS = ("fid", "class_agreement")
 
 
-def main(argv: list[str] | None = None) -> None:
+def _arguments(argv: list[str] | None):
     ap = _cli.parser("aggregate", __doc__)
     ap.add_argument("--train-dir", required=True, help="holds {method}/seed{seed}/ of the train stage")
     ap.add_argument(
@@ -46,7 +46,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--convergence", required=True, help="convergence.parquet written by convergence")
     ap.add_argument("--curriculum", required=True, help="curriculum.json written by cluster_difficulty")
     ap.add_argument("--out-dir", required=True, help="writes the tables, figures and report here")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _arguments(argv)
     cfg = params.sections(args.params, "study", "train", "experts", "report")
     methods, seeds, steps = cfg["study"]["methods"], cfg["study"]["seeds"], cfg["train"]["snapshots"]
     baseline, confidence = cfg["report"]["baseline"], cfg["report"]["confidence"]

@@ -54,7 +54,7 @@ def load_official_dit(path: str, params_file: str, device: str):
     return denoiser, record
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser():
     ap = _cli.parser("sample", __doc__)
     source = ap.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="model.pt written by train")
@@ -63,6 +63,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--expert", help="an expert's model.pt (train_expert): it denoises inside its interval")
     ap.add_argument("--encoding", help="encode_latents' manifest.json (decodes latents)")
     ap.add_argument("--captions", help="prepare_data's captions.parquet (text models)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = _parser()
     args = ap.parse_args(argv)
     cfg = params.sections(args.params, "sample")["sample"]
     device = pick_device(params.resolve_device(cfg["device"]))
@@ -72,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         denoiser, ckpt = load_official_dit(args.weights, args.params, device)
     else:
         denoiser, ckpt = checkpoints.load_denoiser(args.model, cfg["use_ema"], device)
-    model = args.model or args.weights
+    model, schedule = args.model or args.weights, denoiser.schedule
     stitched = None
     if args.expert:
         expert, expert_ckpt = checkpoints.load_expert(args.expert, cfg["use_ema"], device)
@@ -80,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
             raise InputFileError(args.expert, f"differs from {model} in architecture or noise schedule")
         stitched = expert_ckpt["interval"]
         low, high = stitched["unit_low"], stitched["unit_high"]
-        denoiser = samplers.stitched_denoiser(denoiser, expert, denoiser.schedule, low, high)
+        denoiser = samplers.stitched_denoiser(denoiser, expert, schedule, low, high)
     encoded = read_json(args.encoding, hint="written by encode_latents") if args.encoding else None
     arch, captions = ckpt["arch"], None
     if arch.get("text_dim", 0) > 0:
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     if cfg["sampler"] == "ddpm":
         options["variance"] = cfg["ddpm_variance"]
     x, labels = samplers.generate(
-        denoiser, denoiser.schedule, cfg["num_samples"], cfg["batch_size"],
+        denoiser, schedule, cfg["num_samples"], cfg["batch_size"],
         shape=(arch["in_channels"], arch["input_size"], arch["input_size"]), sampler=cfg["sampler"],
         steps=cfg["steps"], generator=torch.Generator(device=device).manual_seed(cfg["seed"]), device=device,
         num_classes=arch["num_classes"], captions=captions, cfg_scale=cfg["cfg_scale"],

@@ -49,7 +49,7 @@ def with_run_facts(method: str, strategy_params: dict, prediction: str, iteratio
     return {**{k: v for k, v in facts.items() if k in accepted}, **strategy_params}
 
 
-def main(argv: list[str] | None = None) -> None:
+def _arguments(argv: list[str] | None):
     ap = _cli.parser("train", __doc__)
     ap.add_argument("--data", required=True, help="train.parquet written by encode_latents")
     ap.add_argument("--captions", default=None, help="captions.parquet written by prepare_data (text models)")
@@ -64,7 +64,22 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="curriculum.json (default: curriculum.num_clusters uniform intervals)",
     )
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def _write_outputs(out: Path, args, result, model_record, snapshots, snapshot_steps, device: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    runs.write_history(result.history, out, TRANSITION_COLUMNS)
+    atomic_torch_save(model_record(result.step, result.net, result.ema), out / "model.pt")
+    snapshots.publish(out / checkpoints.SNAPSHOT_DIR, snapshot_steps)
+    summary = {"method": args.method, "seed": args.seed, "iterations": result.step}
+    summary |= {"resumed_from": result.resumed_from, "final_loss": result.history["steps"][-1]["loss"]}
+    summary |= {"transitions": result.history["transitions"], "device": device}
+    atomic_write_json(summary, out / "summary.json")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _arguments(argv)
     cfg = params.sections(args.params, *SECTIONS)
     diff, model_cfg, train_cfg = cfg["diffusion"], cfg["model"], cfg["train"]
     if args.method not in cfg["strategies"]:
@@ -139,15 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_PREEMPTED)
     if rank:  # rank 0 writes the outputs; the others are done
         return
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    runs.write_history(result.history, out, TRANSITION_COLUMNS)
-    atomic_torch_save(model_record(result.step, result.net, result.ema), out / "model.pt")
-    snapshots.publish(out / checkpoints.SNAPSHOT_DIR, train_cfg["snapshots"])
-    summary = {"method": args.method, "seed": args.seed, "iterations": result.step}
-    summary |= {"resumed_from": result.resumed_from, "final_loss": result.history["steps"][-1]["loss"]}
-    summary |= {"transitions": result.history["transitions"], "device": device}
-    atomic_write_json(summary, out / "summary.json")
+    _write_outputs(Path(args.out_dir), args, result, model_record, snapshots, train_cfg["snapshots"], device)
     # Timings go to the log, not the outputs: identical runs must give identical files.
     print(f"train: {result.step - result.resumed_from} steps in {elapsed:.1f} s on {device}")
     # The outputs are complete; the resumable state is no longer needed.
