@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def worker(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT))
-    from stages._cli import use_threads
+    from diffusion_curriculum.stages._cli import use_threads
 
     use_threads(args.threads)
     import torch

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PIPELINE_FILES = ["Snakefile", "dvc.yaml", "workflow", "stages", "src", "configs", ".dvcignore"]
+PIPELINE_FILES = ["Snakefile", "dvc.yaml", "workflow", "src", "configs", ".dvcignore"]
 
 try:
     import torch

@@ -1,4 +1,4 @@
-"""A stage's code deps are its import closure, under both drivers (stages/_codedeps.py)."""
+"""A stage's code deps are its import closure, under both drivers (the stages' ``_codedeps``)."""
 
 import re
 import shutil
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages._codedeps import closure, dvc_drift, rewrite_dvc_yaml, stage_closure
+from diffusion_curriculum.stages._codedeps import closure, dvc_drift, rewrite_dvc_yaml, stage_closure
 
 from conftest import REPO
 
@@ -27,10 +27,10 @@ def tree(tmp_path: Path) -> Path:
     return _write(
         tmp_path,
         {
-            "stages/__init__.py": "",
-            "stages/_helper.py": "from diffusion_curriculum.sub import leaf\n",
-            "stages/other.py": "",
-            "stages/run.py": """
+            "src/diffusion_curriculum/stages/__init__.py": "",
+            "src/diffusion_curriculum/stages/_helper.py": "from diffusion_curriculum.sub import leaf\n",
+            "src/diffusion_curriculum/stages/other.py": "",
+            "src/diffusion_curriculum/stages/run.py": """
                 import os
                 import numpy as np
                 from diffusion_curriculum import plain
@@ -52,50 +52,52 @@ def tree(tmp_path: Path) -> Path:
 
 
 def test_the_closure_follows_every_import_kind_and_nothing_else(tree):
-    assert closure("stages.run", tree) == [
+    assert closure("diffusion_curriculum.stages.run", tree) == [
         "src/diffusion_curriculum/__init__.py",
         "src/diffusion_curriculum/lazy.py",
         "src/diffusion_curriculum/plain.py",
+        "src/diffusion_curriculum/stages/__init__.py",
+        "src/diffusion_curriculum/stages/_helper.py",
+        "src/diffusion_curriculum/stages/other.py",
+        "src/diffusion_curriculum/stages/run.py",
         "src/diffusion_curriculum/sub/__init__.py",
         "src/diffusion_curriculum/sub/leaf.py",
-        "stages/__init__.py",
-        "stages/_helper.py",
-        "stages/other.py",
-        "stages/run.py",
     ]
 
 
 def test_a_module_that_is_not_in_the_repository_is_refused(tree):
     with pytest.raises(ModuleNotFoundError, match="stages.missing"):
-        closure("stages.missing", tree)
+        closure("diffusion_curriculum.stages.missing", tree)
 
 
 def test_the_expert_trainer_depends_on_the_model_file_format_and_the_conditioning():
     experts = stage_closure("train_expert", REPO)
-    assert {"stages/train.py", "stages/_conditioning.py", "src/diffusion_curriculum/training.py"} <= set(
-        experts
-    )
+    lib = "src/diffusion_curriculum/"
+    assert {f"{lib}checkpoints.py", f"{lib}conditioning.py", f"{lib}training.py"} <= set(experts)
+    assert f"{lib}stages/train.py" not in experts  # the format is the library's, not the train stage's
     for stage in ("train", "sample", "prepare_data"):
-        assert "stages/_conditioning.py" in stage_closure(stage, REPO), stage
+        assert f"{lib}conditioning.py" in stage_closure(stage, REPO), stage
+    for stage in ("train", "sample", "estimate_kl_score"):
+        assert f"{lib}checkpoints.py" in stage_closure(stage, REPO), stage
 
 
 def test_dvc_yaml_lists_exactly_each_stage_s_import_closure():
     drift = dvc_drift(REPO)
     assert not drift, (
         "dvc.yaml's code deps differ from the imports (stage: missing, not imported): "
-        f"{drift}; rewrite them with `python -m stages._codedeps --write`"
+        f"{drift}; rewrite them with `python -m diffusion_curriculum.stages._codedeps --write`"
     )
 
 
 def test_the_rewrite_touches_only_code_deps(tmp_path):
     root = tmp_path / "repo"
-    for name in ("stages", "src"):
-        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     original = (REPO / "dvc.yaml").read_text()
     # Drop a code dep, add a stale one: the rewrite restores the committed file.
-    stale = original.replace("      - stages/train.py\n", "", 1).replace(
-        "      - stages/aggregate.py\n",
-        "      - stages/aggregate.py\n      - src/diffusion_curriculum/kl.py\n",
+    stages = "      - src/diffusion_curriculum/stages/"
+    stale = original.replace(f"{stages}train.py\n", "", 1).replace(
+        f"{stages}aggregate.py\n",
+        f"{stages}aggregate.py\n      - src/diffusion_curriculum/kl.py\n",
     )
     assert stale != original
     (root / "dvc.yaml").write_text(stale)
@@ -119,7 +121,7 @@ def test_each_rule_takes_the_code_of_the_module_its_command_runs():
     assert set(dvc) <= set(rules)
     for name in dvc:
         block = rules[name]
-        runs = re.findall(r"python -m stages\.(\w+)", block)
+        runs = re.findall(r"python -m diffusion_curriculum\.stages\.(\w+)", block)
         listed = re.findall(r'code=code\("(\w+)"\)', block)
         assert len(runs) == 1 and listed == runs, (name, runs, listed)
         # and no code file listed by hand beside it

@@ -91,10 +91,11 @@ def test_train_stage_relaunches_under_torchrun_and_matches_one_process(pipeline_
     for ranks in (1, 2):
         cfg["train"]["data_parallel"] = ranks
         (pipeline_dir / f"params{ranks}.yaml").write_text(yaml.safe_dump(cfg))
-    run_cli([sys.executable, "-m", "stages.prepare_data", "--params", "params1.yaml"], pipeline_dir)
+    stages = "diffusion_curriculum.stages"
+    run_cli([sys.executable, "-m", f"{stages}.prepare_data", "--params", "params1.yaml"], pipeline_dir)
     for ranks in (1, 2):
         proc = run_cli(
-            [sys.executable, "-m", "stages.train", "--params", f"params{ranks}.yaml", "--data",
+            [sys.executable, "-m", f"{stages}.train", "--params", f"params{ranks}.yaml", "--data",
              "data/prepared/train.parquet", "--method", "dtd", "--seed", "0", "--out-dir", f"out{ranks}",
              "--checkpoint-dir", f"ckpt{ranks}"],
             pipeline_dir,

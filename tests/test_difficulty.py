@@ -20,9 +20,9 @@ from diffusion_curriculum.difficulty import (
     oscillation_onset,
     plateau_step,
 )
+from diffusion_curriculum.report.findings import convergence_finding
 from diffusion_curriculum.schedules import make_schedule
 from diffusion_curriculum.timesteps.base import Intervals
-from stages.aggregate import convergence_finding
 
 # A per-step loss curve with a known convergence point: exp decay that stops dead at TURN_STEP, then flat.
 RUN_STEPS, TURN_STEP, DECAY_STEPS = 2000, 800, 200.0

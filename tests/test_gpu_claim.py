@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from stages.gpu import claim_device
+from diffusion_curriculum.gpu import claim_device
 
-CLAIM = "import sys, time; from stages.gpu import claim_device; print(claim_device(2, sys.argv[1], poll_s=0.1), flush=True); time.sleep(float(sys.argv[2]))"  # noqa: E501
+CLAIM = "import sys, time; from diffusion_curriculum.gpu import claim_device; print(claim_device(2, sys.argv[1], poll_s=0.1), flush=True); time.sleep(float(sys.argv[2]))"  # noqa: E501
 
 
 def _claimer(lock_dir, hold_s):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages import _cli, convergence, evaluate, sample, train
+from diffusion_curriculum.stages import _cli, convergence, evaluate, sample, train
 
 from conftest import REPO
 

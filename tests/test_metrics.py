@@ -207,7 +207,7 @@ def test_domain_features_as_cleanfid_custom_extractor(digits, tmp_path):
 def test_evaluate_says_why_class_agreement_is_missing():
     """Unconditional samples, or an extractor without the data set's class logits, get no class agreement
     and a reason; class-conditional samples scored by the domain classifier get their labels through."""
-    from stages.evaluate import agreement_labels
+    from diffusion_curriculum.stages.evaluate import agreement_labels
 
     class Domain:
         num_classes = 10
@@ -253,7 +253,7 @@ def test_bootstrap_intervals_hold_the_estimate_and_shrink_with_the_sample_count(
 
 
 def test_floor_and_reference_come_from_unseen_images_and_never_overlap():
-    from stages.fid_ref import split_real_images
+    from diffusion_curriculum.stages.fid_ref import split_real_images
 
     held_out = np.random.default_rng(0).permutation(1000)[:400]
     floor, reference = split_real_images(1000, 150, held_out)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import params
+from diffusion_curriculum.stages import params
 
 REPO = Path(__file__).resolve().parent.parent
 PARAM_FILES = [REPO / "params.yaml", *sorted((REPO / "configs").glob("*.yaml"))]
@@ -138,7 +138,7 @@ def test_stage_with_a_missing_dataset_path_names_it(tmp_path, good):
     good["data"]["source"] = "cifar10"
     good["data"]["path"] = str(tmp_path / "no-such-cifar")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(good))
-    proc = _stage(["stages.prepare_data", "--out-dir", str(tmp_path / "out")], tmp_path)
+    proc = _stage(["diffusion_curriculum.stages.prepare_data", "--out-dir", str(tmp_path / "out")], tmp_path)
     assert proc.returncode == 2
     assert "no-such-cifar" in proc.stderr
     assert not (tmp_path / "out" / "train.parquet").exists()
@@ -147,7 +147,7 @@ def test_stage_with_a_missing_dataset_path_names_it(tmp_path, good):
 def test_stage_with_a_bad_key_names_it_and_writes_nothing(tmp_path, good):
     good["data"]["sauce"] = "mnist"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(good))
-    proc = _stage(["stages.prepare_data", "--out-dir", str(tmp_path / "out")], tmp_path)
+    proc = _stage(["diffusion_curriculum.stages.prepare_data", "--out-dir", str(tmp_path / "out")], tmp_path)
     assert proc.returncode == 2
     assert "data.sauce" in proc.stderr
     assert not (tmp_path / "out").exists()

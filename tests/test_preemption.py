@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from stages.train import EXIT_PREEMPTED
+from diffusion_curriculum.stages.train import EXIT_PREEMPTED
 
 from conftest import cli_env, run_cli
 
@@ -26,13 +26,14 @@ def train_setup(pipeline_dir: Path):
         iterations=120, checkpoint_every=10, log_every=10, batch_size=8, snapshots=[55, 120]
     )
     (pipeline_dir / "params.yaml").write_text(yaml.safe_dump(params))
-    run_cli([sys.executable, "-m", "stages.prepare_data"], pipeline_dir)
+    run_cli([sys.executable, "-m", "diffusion_curriculum.stages.prepare_data"], pipeline_dir)
     return pipeline_dir
 
 
 def _train_args(name: str) -> list[str]:
     return [
-        sys.executable, "-m", "stages.train", "--data", "data/prepared/train.parquet", "--method", "vanilla",
+        sys.executable, "-m", "diffusion_curriculum.stages.train", "--data", "data/prepared/train.parquet",
+        "--method", "vanilla",
         "--seed", "0", "--out-dir", f"out/{name}", "--checkpoint-dir", f"ckpt/{name}",
     ]  # fmt: skip
 

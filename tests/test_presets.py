@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import params
+from diffusion_curriculum.stages import params
 
 from conftest import REPO, run_cli
 from test_parity import dvc_stages, snakemake_jobs

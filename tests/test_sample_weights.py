@@ -1,4 +1,5 @@
-"""``python -m stages.sample --weights``: sampling an official DiT checkpoint (a tiny one written here)."""
+"""``python -m diffusion_curriculum.stages.sample --weights``: sampling an official DiT checkpoint (a tiny
+one written here)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 import yaml
 from dit_official import official_state
 
-from stages import sample
+from diffusion_curriculum.stages import sample
 
 
 def _params(tmp_path, name="DiT-tiny/2"):

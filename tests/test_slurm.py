@@ -89,7 +89,8 @@ def slurm_python(tmp_path_factory) -> Path:
 
 def _stage_recorder(directory: Path, record: Path) -> Path:
     """A ``python`` that notes, for each stage process, the SLURM job, GPUs and CPUs it ran with, then runs
-    the real interpreter: the rules call plain ``python -m stages.<name>``, found first on PATH."""
+    the real interpreter: the rules call plain ``python -m diffusion_curriculum.stages.<name>``, found
+    first on PATH."""
     directory.mkdir()
     shim = directory / "python"
     shim.write_text(
@@ -234,7 +235,7 @@ def test_smoke_pipeline_on_slurm_gives_train_a_gpu_and_resumes_a_preempted_run(
     seen: dict[str, list[tuple[str, str]]] = {}
     for line in record.read_text().splitlines():
         job_id, gpus, cpus, argv = line.split("\t")
-        if stage := re.search(r"-m stages\.(\w+)", argv):
+        if stage := re.search(r"-m diffusion_curriculum\.stages\.(\w+)", argv):
             seen.setdefault(stage.group(1), []).append((job_id, gpus))
             # Each job asked SLURM for its rule's threads (--cpus-per-task) and holds itself to them.
             threads = re.search(r"--threads (\d+)", argv).group(1)

@@ -9,7 +9,7 @@ PROBE = """
 import os, sys
 import numpy, torch
 from threadpoolctl import threadpool_info
-from stages import _cli
+from diffusion_curriculum.stages import _cli
 
 def main(argv):
     blas = {pool["user_api"]: pool["num_threads"] for pool in threadpool_info()}
@@ -48,5 +48,5 @@ def test_every_snakemake_job_passes_its_threads():
     rules = (REPO / "workflow" / "rules").glob("*.smk")
     for path in rules:
         text = path.read_text()
-        assert text.count("python -m stages.") == text.count("--threads {threads}"), path
-        assert text.count("python -m stages.") == text.count("    threads: "), path
+        assert text.count("python -m diffusion_curriculum.stages.") == text.count("--threads {threads}"), path
+        assert text.count("python -m diffusion_curriculum.stages.") == text.count("    threads: "), path

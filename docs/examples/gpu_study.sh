@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU-scale study (configs/gpu_study.yaml) on one GPU, then its report into docs/results/gpu_study/.
 # Usage: bash docs/examples/gpu_study.sh [jobs per GPU]   (the venv of the README active, one CUDA GPU)
-# Small models leave a GPU mostly idle, so several jobs share it (stages/gpu.py hands out the slots).
+# Small models leave a GPU mostly idle, so several jobs share it (src/diffusion_curriculum/gpu.py hands out the slots).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 per_gpu=${1:-4}

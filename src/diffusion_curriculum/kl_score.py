@@ -26,15 +26,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
 from .kl import _check_timesteps, _sample_indices, default_timesteps, pair_units
-from .schedules import NoiseSchedule
+from .schedules import NoiseSchedule, broadcast_to
 
 __all__ = [
+    "EXPERT_COLUMNS",
     "estimate_kl_score",
+    "estimate_kl_with_experts",
+    "expert_for",
     "relative_density_change",
+    "score_of",
+    "score_pairs",
 ]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -205,3 +211,85 @@ def relative_density_change(
             div = torch.zeros_like(base) if vjp is None else (vjp.to(torch.float64) * v).sum(1)
             out.append(base + 0.5 * gamma * div)
     return torch.stack(out)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the score of trained experts, each on its own interval
+
+#: The columns of :func:`estimate_kl_with_experts`' table.
+EXPERT_COLUMNS = [
+    "t", "t_prev", "unit", "kl", "kl_stderr", "kl_first_order_ok", "g_mean", "g_mean_stderr",
+    "score_consistent", "expert",
+]  # fmt: skip
+
+
+def score_pairs(schedule: NoiseSchedule, grid_points: int) -> list[tuple]:
+    """The (t_prev, t) pairs to estimate, ascending: VP pairs (t - 1, t) for ``grid_points`` timesteps
+    t spaced geometrically from 1 (the curve changes fastest near the data); continuous schedules
+    consecutive points of a ``grid_points + 1`` point grid."""
+    if schedule.discrete:
+        last = schedule.num_timesteps - 1
+        ts = np.unique(np.round(np.geomspace(1, last, grid_points)).astype(np.int64))
+        return [(int(t) - 1, int(t)) for t in ts]
+    times = default_timesteps(schedule, grid_points + 1).tolist()
+    return list(zip(times[:-1], times[1:], strict=True))
+
+
+def expert_for(experts: list, unit: float):
+    """The (denoiser, interval) of ``experts`` whose interval [unit_low, unit_high) holds ``unit`` (the
+    last one also holds 1)."""
+    for denoiser, interval in experts:
+        if interval["unit_low"] <= unit < interval["unit_high"] or (
+            unit >= 1.0 and interval["unit_high"] >= 1.0
+        ):
+            return denoiser, interval
+    raise ValueError(f"no expert covers unit time {unit:.4f}")
+
+
+def score_of(denoiser, shape: tuple[int, ...]):
+    """score_fn(x, t) of an x0-predicting denoiser: s = (alpha x0_hat - x) / sigma^2 (Tweedie), with the
+    null condition, so s is the score of the unconditional marginal."""
+
+    def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        images = x.to(torch.float32).reshape(-1, *shape)
+        x0 = denoiser(images, t, None)
+        alpha, sigma = denoiser.schedule.alpha_sigma(t)
+        s = (broadcast_to(alpha, images) * x0 - images) / broadcast_to(sigma.square(), images)
+        return s.reshape(x.shape[0], -1).to(x.dtype)
+
+    return score
+
+
+def estimate_kl_with_experts(
+    experts: list,
+    images: torch.Tensor,
+    grid_points: int,
+    num_samples: int,
+    *,
+    shape: tuple[int, int, int],
+    seed: int,
+    device: str,
+    batch_size: int,
+) -> pd.DataFrame:
+    """:func:`estimate_kl_score` at every pair of :func:`score_pairs`, each with the score of the expert
+    whose interval holds the pair's earlier time.  ``experts``: (denoiser, interval) of each, on one
+    schedule, for data of ``shape`` (C, H, W); every pair uses the same ``seed`` (the same data, noise
+    and probes: common random numbers).  Columns :data:`EXPERT_COLUMNS` (``expert``: the interval's
+    index)."""
+    schedule = experts[0][0].schedule
+    rows = []
+    for t_prev, t in score_pairs(schedule, grid_points):
+        unit = float(schedule.to_unit(torch.as_tensor(t_prev, dtype=torch.float64)))
+        denoiser, interval = expert_for(experts, unit)
+        table = estimate_kl_score(
+            score_of(denoiser, shape),
+            images,
+            schedule,
+            [t_prev, t],
+            num_samples,
+            generator=torch.Generator(device=device).manual_seed(seed),
+            device=device,
+            batch_size=batch_size,
+        )
+        rows.append(table.assign(expert=int(interval["index"])))
+    return pd.concat(rows, ignore_index=True)[EXPERT_COLUMNS]

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from . import data
+from .errors import InputFileError
 
-__all__ = ["LatentCodec", "encode_dataset"]
+__all__ = ["LatentCodec", "encode_dataset", "latent_decoder"]
 
 _CONFIG = "config.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -213,3 +214,24 @@ def encode_dataset(
         f"{dataset.source}+vae",
         data.LATENTS,
     )
+
+
+def latent_decoder(
+    manifest: dict | None, model_path: str | os.PathLike[str], model_data: dict, device: str
+) -> LatentCodec | None:
+    """The VAE that encoded a model's training data (``manifest``: encode_latents' ``manifest.json``;
+    ``model_data``: the model file's ``data``), or None for pixel models and for latents given without
+    a VAE.  A manifest of other data, or a VAE that changed since, raises ``InputFileError``."""
+    if manifest is None or model_data["kind"] != data.LATENTS:
+        return None
+    if manifest["sha256"] != model_data["sha256"]:
+        raise InputFileError(model_path, "was trained on other data than the --encoding manifest describes")
+    encoding = manifest["encoding"]
+    if encoding is None:
+        return None
+    codec = LatentCodec.from_directory(encoding["vae"], device=device)
+    if codec.fingerprint() != encoding["fingerprint"]:
+        raise InputFileError(
+            encoding["vae"], "is not the VAE that encoded the training data; rerun encode_latents"
+        )
+    return codec

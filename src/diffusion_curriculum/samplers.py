@@ -435,3 +435,45 @@ def stitched_denoiser(
         return out
 
     return denoise
+
+
+def generate(
+    denoiser: Callable[..., torch.Tensor],
+    schedule: NoiseSchedule,
+    num_samples: int,
+    batch_size: int,
+    *,
+    shape: tuple[int, int, int],
+    sampler: str,
+    steps: int,
+    generator: torch.Generator,
+    device: str,
+    num_classes: int = 0,
+    captions: Sequence | None = None,
+    cfg_scale: float = 1.0,
+    bf16: bool = False,
+    **sampler_kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``num_samples`` samples of ``shape`` (C, H, W) from ``denoiser``, drawn ``batch_size`` at a time
+    with :func:`sample` and classifier-free guidance ``cfg_scale``.
+
+    A class-conditional model (``num_classes`` > 0) gets the classes in turn (sample i asks for class
+    i mod ``num_classes``), so every class gets the same number of samples; a text-conditional one the
+    caption embeddings ``captions[i]``.  The network runs under bf16 autocast with ``bf16``; the
+    sampler's own arithmetic stays fp32.  Returns the samples as float32 on the CPU and the requested
+    class of each (``-1`` for unconditional and text samples).
+    """
+    chunks, label_chunks = [], []
+    for start in range(0, num_samples, batch_size):
+        n = min(batch_size, num_samples - start)
+        if captions is not None:
+            y = torch.as_tensor(captions[start : start + n]).to(device)
+        else:  # classes cycle so every class gets the same number of samples
+            y = (torch.arange(start, start + n, device=device) % num_classes) if num_classes else None
+        x0_fn = guided_x0_fn(denoiser, y, scale=cfg_scale)
+        noise = torch.randn((n, *shape), generator=generator, device=device)
+        with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16):
+            x = sample(x0_fn, schedule, noise, sampler, steps, generator=generator, **sampler_kwargs)
+        chunks.append(x.float().cpu())
+        label_chunks.append(y.cpu() if num_classes else torch.full((n,), -1))
+    return torch.cat(chunks), torch.cat(label_chunks)

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import yaml
 
-from stages import params as stage_params
-from stages._codedeps import stage_closure
+from diffusion_curriculum.stages import params as stage_params
+from diffusion_curriculum.stages._codedeps import stage_closure
 
 
 def _params_file():
@@ -48,9 +48,9 @@ wildcard_constraints:
 
 
 def code(stage):
-    """The code ``python -m stages.<stage>`` runs: its own file and every repository module it imports,
-    directly or not (the same list dvc.yaml holds, tests/test_codedeps.py checks it), so that an edit to
-    any of them reruns the rule."""
+    """The code of the stage module ``diffusion_curriculum.stages.<stage>``: its own file and every
+    repository module it imports, directly or not (the same list dvc.yaml holds, tests/test_codedeps.py
+    checks it), so that an edit to any of them reruns the rule."""
     return stage_closure(stage)
 
 

@@ -14,7 +14,7 @@ rule prepare_data:
         file=PARAMS_FILE,
         sections=sections("data"),
     shell:
-        "python -m stages.prepare_data --params {params.file:q} --threads {threads} --out-dir data/prepared > {log} 2>&1"
+        "python -m diffusion_curriculum.stages.prepare_data --params {params.file:q} --threads {threads} --out-dir data/prepared > {log} 2>&1"
 
 
 rule encode_latents:
@@ -35,5 +35,5 @@ rule encode_latents:
         file=PARAMS_FILE,
         sections=sections("latents"),
     shell:
-        "python -m stages.encode_latents --params {params.file:q} --threads {threads} --data {input.data}"
+        "python -m diffusion_curriculum.stages.encode_latents --params {params.file:q} --threads {threads} --data {input.data}"
         " --out-dir data/encoded > {log} 2>&1"

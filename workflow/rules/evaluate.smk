@@ -14,7 +14,7 @@ rule feature_net:
         file=PARAMS_FILE,
         sections=sections("features"),
     shell:
-        "python -m stages.feature_net --params {params.file:q} --threads {threads} --data {input.data}"
+        "python -m diffusion_curriculum.stages.feature_net --params {params.file:q} --threads {threads} --data {input.data}"
         " --out-dir results/features > {log} 2>&1"
 
 
@@ -36,7 +36,7 @@ rule fid_ref:
         file=PARAMS_FILE,
         sections=sections("features", "sample.num_samples"),
     shell:
-        "python -m stages.fid_ref --params {params.file:q} --threads {threads} --data {input.data}"
+        "python -m diffusion_curriculum.stages.fid_ref --params {params.file:q} --threads {threads} --data {input.data}"
         " --feature-net {input.feature_net} --out-dir results/features > {log} 2>&1"
 
 
@@ -57,7 +57,7 @@ rule evaluate:
         file=PARAMS_FILE,
         sections=sections("features", "evaluate"),
     shell:
-        "python -m stages.evaluate --params {params.file:q} --threads {threads} --samples {input.samples}"
+        "python -m diffusion_curriculum.stages.evaluate --params {params.file:q} --threads {threads} --samples {input.samples}"
         " --reference {input.reference} --feature-net {input.feature_net}"
         " --out {output.metrics} > {log} 2>&1"
 
@@ -79,6 +79,6 @@ rule evaluate_floor:
         file=PARAMS_FILE,
         sections=sections("features", "evaluate"),
     shell:
-        "python -m stages.evaluate --params {params.file:q} --threads {threads} --samples {input.samples}"
+        "python -m diffusion_curriculum.stages.evaluate --params {params.file:q} --threads {threads} --samples {input.samples}"
         " --reference {input.reference} --feature-net {input.feature_net} --bootstrap 200"
         " --out {output.metrics} > {log} 2>&1"

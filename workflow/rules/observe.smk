@@ -29,7 +29,7 @@ rule train_expert:
         out_dir="results/experts/expert{interval}",
         checkpoint_dir="checkpoints/experts/expert{interval}",
     shell:
-        "python -m stages.train_expert --params {params.file:q} --threads {threads} --data {input.data}"
+        "python -m diffusion_curriculum.stages.train_expert --params {params.file:q} --threads {threads} --data {input.data}"
         " --captions {input.captions} --interval {wildcards.interval} --out-dir {params.out_dir}"
         " --checkpoint-dir {params.checkpoint_dir} > {log} 2>&1"
 
@@ -51,7 +51,7 @@ rule convergence:
         file=PARAMS_FILE,
         sections=sections("experts.intervals", "convergence"),
     shell:
-        "python -m stages.convergence --params {params.file:q} --threads {threads} --experts-dir results/experts"
+        "python -m diffusion_curriculum.stages.convergence --params {params.file:q} --threads {threads} --experts-dir results/experts"
         " --out {output.table} > {log} 2>&1"
 
 
@@ -83,7 +83,7 @@ rule estimate_kl:
             "kl.device",
         ),
     shell:
-        "python -m stages.estimate_kl --params {params.file:q} --threads {threads} --data {input.data}"
+        "python -m diffusion_curriculum.stages.estimate_kl --params {params.file:q} --threads {threads} --data {input.data}"
         " --out {output.table} > {log} 2>&1"
 
 
@@ -107,7 +107,7 @@ rule estimate_kl_score:
             "kl.num_data", "kl.seed", "kl.device", "kl.score", "experts.intervals"
         ),
     shell:
-        "python -m stages.estimate_kl_score --params {params.file:q} --threads {threads} --data {input.data}"
+        "python -m diffusion_curriculum.stages.estimate_kl_score --params {params.file:q} --threads {threads} --data {input.data}"
         " --experts-dir results/experts --out {output.table} > {log} 2>&1"
 
 
@@ -128,7 +128,7 @@ rule cluster_difficulty:
         file=PARAMS_FILE,
         sections=sections("diffusion", "curriculum", "kl.estimator"),
     shell:
-        "python -m stages.cluster_difficulty --params {params.file:q} --threads {threads} --kl {input.kl}"
+        "python -m diffusion_curriculum.stages.cluster_difficulty --params {params.file:q} --threads {threads} --kl {input.kl}"
         " --kl-score {input.kl_score}"
         " --convergence {input.convergence} --out {output.curriculum} > {log} 2>&1"
 
@@ -156,7 +156,7 @@ rule stitch_sample:
         sections=sections("sample"),
         out_dir="results/samples/stitch/expert{interval}",
     shell:
-        "python -m stages.sample --params {params.file:q} --threads {threads} --model {input.base}"
+        "python -m diffusion_curriculum.stages.sample --params {params.file:q} --threads {threads} --model {input.base}"
         " --expert {input.expert} --encoding {input.encoding} --captions {input.captions}"
         " --out-dir {params.out_dir} > {log} 2>&1"
 
@@ -178,6 +178,6 @@ rule stitch_eval:
         file=PARAMS_FILE,
         sections=sections("features", "evaluate"),
     shell:
-        "python -m stages.evaluate --params {params.file:q} --threads {threads} --samples {input.samples}"
+        "python -m diffusion_curriculum.stages.evaluate --params {params.file:q} --threads {threads} --samples {input.samples}"
         " --reference {input.reference} --feature-net {input.feature_net}"
         " --out {output.metrics} > {log} 2>&1"

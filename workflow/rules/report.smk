@@ -82,7 +82,7 @@ rule aggregate:
         ),
         out_dir=lambda wildcards, output: os.path.dirname(output.html),
     shell:
-        "python -m stages.aggregate --params {params.file:q} --threads {threads} --train-dir results/train"
+        "python -m diffusion_curriculum.stages.aggregate --params {params.file:q} --threads {threads} --train-dir results/train"
         " --metrics-dir results/metrics --samples-dir results/samples --features-dir results/features"
         " --kl {input.kl} --kl-score {input.kl_score} --convergence {input.convergence} --curriculum {input.curriculum}"
         " --out-dir {params.out_dir} > {log} 2>&1"

@@ -18,7 +18,7 @@ rule sample:
         sections=sections("sample"),
         out_dir="results/samples/{method}/seed{seed}/step{step}",
     shell:
-        "python -m stages.sample --params {params.file:q} --threads {threads}"
+        "python -m diffusion_curriculum.stages.sample --params {params.file:q} --threads {threads}"
         " --model {input.snapshots}/step{wildcards.step}.pt"
         " --encoding {input.encoding} --captions {input.captions}"
         " --out-dir {params.out_dir} > {log} 2>&1"

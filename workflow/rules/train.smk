@@ -27,6 +27,6 @@ rule train:
         out_dir="results/train/{method}/seed{seed}",
         checkpoint_dir="checkpoints/train/{method}/seed{seed}",
     shell:
-        "python -m stages.train --params {params.file:q} --threads {threads} --data {input.data}"
+        "python -m diffusion_curriculum.stages.train --params {params.file:q} --threads {threads} --data {input.data}"
         " --captions {input.captions} --curriculum {input.curriculum} --method {wildcards.method} --seed {wildcards.seed}"
         " --out-dir {params.out_dir} --checkpoint-dir {params.checkpoint_dir} > {log} 2>&1"

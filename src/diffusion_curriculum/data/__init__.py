@@ -31,7 +31,15 @@ from .loaders import (
     load_sklearn_digits,
 )
 from .storage import content_hash, dataset_manifest, read_parquet, write_parquet
-from .transforms import convert_channels, resize_images, subset, to_training_tensor, to_uint8_images
+from .transforms import (
+    convert_channels,
+    image_grid,
+    preview_grid,
+    resize_images,
+    subset,
+    to_training_tensor,
+    to_uint8_images,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -41,6 +49,7 @@ __all__ = [
     "ImageDataset",
     "content_hash",
     "convert_channels",
+    "image_grid",
     "dataset_manifest",
     "load_cifar10",
     "load_dataset",
@@ -48,6 +57,7 @@ __all__ = [
     "load_latents",
     "load_mnist_embedded",
     "load_sklearn_digits",
+    "preview_grid",
     "read_parquet",
     "resize_images",
     "subset",

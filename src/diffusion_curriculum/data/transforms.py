@@ -8,7 +8,15 @@ import numpy as np
 
 from .dataset import PIXELS, ImageDataset
 
-__all__ = ["convert_channels", "resize_images", "subset", "to_training_tensor", "to_uint8_images"]
+__all__ = [
+    "convert_channels",
+    "image_grid",
+    "preview_grid",
+    "resize_images",
+    "subset",
+    "to_training_tensor",
+    "to_uint8_images",
+]
 
 
 def subset(dataset: ImageDataset, max_images: int | None, seed: int = 0) -> ImageDataset:
@@ -125,3 +133,30 @@ def to_uint8_images(x: Any) -> np.ndarray:
         raise ValueError("images contain NaN or infinite values")
     levels = ((t + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
     return levels.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def image_grid(images: np.ndarray, columns: int = 10):
+    """Tile NHWC uint8 images into one picture (a ``PIL.Image``)."""
+    from PIL import Image
+
+    n, h, w, c = images.shape
+    rows = -(-n // columns)
+    canvas = np.zeros((rows * h, columns * w, c), dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, q = divmod(i, columns)
+        canvas[r * h : (r + 1) * h, q * w : (q + 1) * w] = img
+    return Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+
+
+def preview_grid(x: Any, pixels: bool, count: int = 100, columns: int = 10):
+    """The first ``count`` generated samples ``x`` (N, C, H, W) as one picture: ``pixels`` (in
+    ``[-1, 1]``) as they are, latents by their first three channels, each rescaled to its own range."""
+    import torch
+
+    x = torch.as_tensor(x)[:count]
+    if not pixels:
+        x = x[:, :3]
+        lo = x.amin(dim=(1, 2, 3), keepdim=True)
+        hi = x.amax(dim=(1, 2, 3), keepdim=True)
+        x = 2 * (x - lo) / (hi - lo).clamp_min(1e-8) - 1
+    return image_grid(to_uint8_images(x), columns)

@@ -23,7 +23,11 @@ Modules
   iterations needed to reach the baseline's final metric;
 * :mod:`.tables` -- ``mean ± CI`` cells, the human comparison table, GitHub Markdown tables;
 * :mod:`.figures` -- the PNG figures (a fixed colour per method across all of them);
-* :mod:`.html` -- the self-contained HTML report and the Markdown report.
+* :mod:`.html` -- the self-contained HTML report and the Markdown report;
+* :mod:`.readings` -- reading a study's metrics, logs, floor and sample sets from the folders handed in,
+  and the headline numbers for ``dvc metrics diff``;
+* :mod:`.findings` -- the observational study's findings and the floor comparison, as sentences;
+* :mod:`.study` -- ``summary.md`` and the sections of the full report.
 """
 
 from .figures import (

@@ -11,14 +11,16 @@ import time
 from pathlib import Path
 
 from diffusion_curriculum import data
+from diffusion_curriculum import features as feature_space
 from diffusion_curriculum.feature_net import train_feature_net
+from diffusion_curriculum.gpu import pick_device
 from diffusion_curriculum.io import atomic_write_json
 
-from . import _cli, _features, gpu, params
+from . import _cli, params
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = _cli.parser(__doc__)
+    ap = _cli.parser("feature_net", __doc__)
     ap.add_argument("--data", required=True, help="train.parquet written by prepare_data")
     ap.add_argument("--out-dir", required=True, help="writes feature_net.pt and feature_net.json here")
     args = ap.parse_args(argv)
@@ -28,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if cfg["extractor"] != "domain":
         reason = f"features.extractor is {cfg['extractor']!r}"
-        _features.save_feature_net({"trained": False, "reason": reason}, out / "feature_net.pt")
+        feature_space.save_feature_net({"trained": False, "reason": reason}, out / "feature_net.pt")
         atomic_write_json({"trained": False, "reason": reason}, out / "feature_net.json")
         print(f"feature_net: nothing to train ({reason})")
         return
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
             f"features.extractor: 'domain' trains a classifier, but {args.data} has no labels; "
             "use 'inception' (with features.inception_weights)"
         )
-    device = gpu.pick_device(params.resolve_device(cfg["device"]))
+    device = pick_device(params.resolve_device(cfg["device"]))
     images, labels = data.to_training_tensor(dataset)
     domain = cfg["domain"]
     started = time.perf_counter()
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         # Real images the classifier never saw: fid_ref draws the metrics' floor from them.
         "held_out": report.test_indices,
     }
-    _features.save_feature_net(record, out / "feature_net.pt")
+    feature_space.save_feature_net(record, out / "feature_net.pt")
     metrics = {
         "trained": True,
         "test_accuracy": report.test_accuracy,

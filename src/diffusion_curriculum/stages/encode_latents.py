@@ -19,9 +19,10 @@ from pathlib import Path
 
 from diffusion_curriculum import data
 from diffusion_curriculum.errors import InputFileError
+from diffusion_curriculum.gpu import pick_device
 from diffusion_curriculum.io import atomic_path, atomic_write_json
 
-from . import _cli, gpu, params
+from . import _cli, params
 
 
 def encoding_record(codec, image_shape: list[int] | None, posterior: str | None) -> dict:
@@ -42,7 +43,7 @@ def copy_through(source: str, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = _cli.parser(__doc__)
+    ap = _cli.parser("encode_latents", __doc__)
     ap.add_argument("--data", default="data/prepared/train.parquet", help="prepare_data's Parquet")
     ap.add_argument("--out-dir", default="data/encoded", help="writes train.parquet and manifest.json here")
     args = ap.parse_args(argv)
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from diffusion_curriculum.latents import LatentCodec, encode_dataset
 
-        device = gpu.pick_device(params.resolve_device(cfg["device"]))
+        device = pick_device(params.resolve_device(cfg["device"]))
         codec = LatentCodec.from_directory(cfg["vae"], device=device)
         if dataset.kind == data.LATENTS:
             expected = codec.latent_channels

@@ -19,7 +19,7 @@ from . import _cli, params
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = _cli.parser(__doc__)
+    ap = _cli.parser("convergence", __doc__)
     ap.add_argument("--experts-dir", required=True, help="holds expert{i}/loss_curve.parquet")
     ap.add_argument("--out", required=True, help="convergence.parquet to write")
     args = ap.parse_args(argv)

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from diffusion_curriculum import features as feature_space
 from diffusion_curriculum import metrics
 from diffusion_curriculum.errors import InputFileError
+from diffusion_curriculum.gpu import pick_device
 from diffusion_curriculum.io import atomic_write_json, read_json, read_npz
 
-from . import _cli, _features, gpu, params
+from . import _cli, params
 
 
 def agreement_labels(labels: np.ndarray | None, extractor) -> tuple[np.ndarray | None, str | None]:
@@ -55,7 +57,7 @@ def load_reference(path: str | Path, expected_extractor: str) -> dict[str, np.nd
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = _cli.parser(__doc__)
+    ap = _cli.parser("evaluate", __doc__)
     ap.add_argument("--samples", required=True, help="samples.npz written by sample")
     ap.add_argument("--reference", required=True, help="reference.npz written by fid_ref")
     ap.add_argument("--feature-net", required=True, help="feature_net.pt written by feature_net")
@@ -70,11 +72,14 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     cfg = params.sections(args.params, "features", "evaluate")
     features, evaluation = cfg["features"], cfg["evaluate"]
-    device = gpu.pick_device(params.resolve_device(features["device"]))
+    device = pick_device(params.resolve_device(features["device"]))
 
     images, labels, settings = load_samples(args.samples)
-    reference = load_reference(args.reference, _features.extractor_name(features))
-    extractor = _features.build_extractor(features, args.feature_net, device)
+    reference = load_reference(args.reference, feature_space.extractor_name(features["extractor"]))
+    extractor = feature_space.build_extractor(
+        features["extractor"], args.feature_net, device, inception_weights=features["inception_weights"],
+        setting="features.inception_weights",
+    )  # fmt: skip
     requested, no_agreement = agreement_labels(labels, extractor)
     scores = metrics.compute_metrics(
         None,
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         "step": settings.get("model_step"),
         # Stitched samples (stitch_eval): the expert's interval; the fields above describe the base run.
         "stitched_interval": (settings.get("expert") or {}).get("index"),
-        "extractor": _features.extractor_name(features),
+        "extractor": feature_space.extractor_name(features["extractor"]),
     }
     if no_agreement:
         record["class_agreement_skipped"] = no_agreement

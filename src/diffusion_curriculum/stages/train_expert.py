@@ -15,30 +15,25 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from diffusion_curriculum import data
+from diffusion_curriculum import runs
+from diffusion_curriculum.gpu import pick_device
 from diffusion_curriculum.io import atomic_path, atomic_torch_save, atomic_write_json
-from diffusion_curriculum.losses import check_prediction
-from diffusion_curriculum.models import create_model
-from diffusion_curriculum.schedules import make_schedule
 from diffusion_curriculum.timesteps import Intervals
 from diffusion_curriculum.timesteps.expert import SingleInterval
 from diffusion_curriculum.training import train_loop
 
-from . import _cli, gpu, params
-from ._conditioning import training_conditioning
-from .train import model_arch, model_file
+from . import _cli, params
 
 SECTIONS = ("diffusion", "model", "curriculum", "experts")
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = _cli.parser(__doc__)
+    ap = _cli.parser("train_expert", __doc__)
     ap.add_argument("--data", required=True, help="train.parquet written by encode_latents")
     ap.add_argument("--captions", default=None, help="captions.parquet written by prepare_data (text models)")
     ap.add_argument("--interval", required=True, type=int, help="i of C_i, 1 = lowest noise")
-    ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--out-dir", required=True, help="writes model.pt, loss_curve.parquet, summary.json here")
     ap.add_argument("--checkpoint-dir", required=True, help="resumable checkpoint while it runs")
     args = ap.parse_args(argv)
     cfg = params.sections(args.params, *SECTIONS)
@@ -48,38 +43,30 @@ def main(argv: list[str] | None = None) -> None:
         raise params.ParamsError(
             f"{args.params}: --interval {args.interval} is outside 1..curriculum.num_clusters = {num}"
         )
-    device = gpu.pick_device(params.resolve_device(experts["device"]))
-
-    dataset = data.read_parquet(args.data)
-    images, _ = data.to_training_tensor(dataset)
-    schedule_kwargs = {"framework": diff["framework"], **diff[diff["framework"]]}
-    schedule = make_schedule(**schedule_kwargs)
-    check_prediction(schedule, diff["prediction"])
+    device = pick_device(params.resolve_device(experts["device"]))
+    setup = runs.prepare_training(
+        args.data, schedule={"framework": diff["framework"], **diff[diff["framework"]]},
+        prediction=diff["prediction"], model=model_cfg["name"], condition=model_cfg["condition"],
+        condition_dropout=model_cfg["condition_dropout"], captions_path=args.captions, seed=experts["seed"],
+        condition_source=f"{args.params}: model.condition",
+    ).to(device)  # fmt: skip
     intervals = Intervals.uniform(num)
     index = args.interval - 1
-    strategy = SingleInterval(schedule, intervals, index)
-    conditioning = training_conditioning(model_cfg, dataset, args.captions, args.params)
-    arch = model_arch(model_cfg, images, conditioning.arch)
-    torch.manual_seed(experts["seed"])
-    net = create_model(**arch, text_null=conditioning.text_null)
-    if device.startswith("cuda"):
-        images = images.to(device)
-        conditioning.to(device)
-    manifest_hash = data.content_hash(dataset)
-    fingerprint = params.fingerprint(cfg, args.interval, manifest_hash, conditioning.digest)
+    strategy = SingleInterval(setup.schedule, intervals, index)
+    fingerprint = params.fingerprint(cfg, args.interval, setup.data_sha256, setup.conditioning.digest)
     unit = (intervals.unit_edges[index], intervals.unit_edges[index + 1])
     print(f"train_expert[{args.interval}]: unit interval [{unit[0]:.3f}, {unit[1]:.3f}), device {device}")
 
     started = time.perf_counter()
     result = train_loop(
-        net=net,
-        schedule=schedule,
+        net=setup.net,
+        schedule=setup.schedule,
         prediction=diff["prediction"],
         strategy=strategy,
         intervals=intervals,
-        images=images,
-        labels=conditioning.labels,
-        condition_image=conditioning.condition_image,
+        images=setup.images,
+        labels=setup.conditioning.labels,
+        condition_image=setup.conditioning.condition_image,
         run_dir=args.checkpoint_dir,
         iterations=experts["iterations"],
         batch_size=experts["batch_size"],
@@ -97,18 +84,11 @@ def main(argv: list[str] | None = None) -> None:
     curve = pd.DataFrame(result.history["steps"])[["step", "loss"]]
     with atomic_path(out / "loss_curve.parquet") as tmp:
         curve.to_parquet(tmp, index=False)
-    record = model_file(
-        arch=arch,
-        schedule=schedule_kwargs,
-        prediction=diff["prediction"],
-        data={"kind": dataset.kind, "sha256": manifest_hash},
-        method=f"expert{args.interval}",
-        seed=experts["seed"],
-        step=result.step,
-        net=result.net,
-        ema=result.ema,
-        interval={"index": args.interval, "unit_low": unit[0], "unit_high": unit[1]},
-    )
+    interval = {"index": args.interval, "unit_low": unit[0], "unit_high": unit[1]}
+    record = setup.model_file(
+        method=f"expert{args.interval}", seed=experts["seed"], step=result.step, net=result.net,
+        ema=result.ema, interval=interval,
+    )  # fmt: skip
     atomic_torch_save(record, out / "model.pt")
     atomic_write_json(
         {

@@ -6,14 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffusion_curriculum import captions, data
+from diffusion_curriculum.conditioning import write_no_captions
 from diffusion_curriculum.io import atomic_write_json
 
 from . import _cli, params
-from ._conditioning import write_no_captions
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = _cli.parser(__doc__)
+    ap = _cli.parser("prepare_data", __doc__)
     ap.add_argument(
         "--out-dir", default="data/prepared", help="writes train.parquet, manifest.json, captions.parquet"
     )

@@ -10,7 +10,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "params.schema.yaml"
+# Shipped inside the package, so an installed (not only an editable) copy validates params files.
+SCHEMA_PATH = Path(__file__).resolve().with_name("params.schema.yaml")
 
 
 class ParamsError(ValueError):

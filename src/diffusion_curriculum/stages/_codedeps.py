@@ -2,15 +2,15 @@
 
 Both drivers rerun a stage when one of these files changes.  The Snakefile's ``code(...)`` calls
 :func:`closure` at parse time; ``dvc.yaml`` cannot call Python, so its lists are written out and
-``tests/test_codedeps.py`` checks them against the same function.  ``python -m stages._codedeps``
-prints every stage's list in ``dvc.yaml``'s form.
+``tests/test_codedeps.py`` checks them against the same function.
+``python -m diffusion_curriculum.stages._codedeps`` checks them (``--write`` rewrites them).
 
 The closure is read from the source, without importing anything: every ``import`` and
 ``from … import`` statement counts, at module level or inside a function (a lazily imported module
 changes what the stage does as much as any other), relative imports are resolved against the importing
-module's package, and importing a module runs its packages' ``__init__.py`` first.  Only the two
-packages of this repository are followed; third-party and standard-library imports are not code of
-the pipeline.
+module's package, and importing a module runs its packages' ``__init__.py`` first.  Only this
+repository's package is followed (the stages are its subpackage); third-party and standard-library
+imports are not code of the pipeline.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ import sys
 from pathlib import Path
 
 # Top-level package -> its folder, relative to the repository root.
-PACKAGES = {"stages": "stages", "diffusion_curriculum": "src/diffusion_curriculum"}
+PACKAGES = {"diffusion_curriculum": "src/diffusion_curriculum"}
+# The package of the stage CLIs: ``python -m diffusion_curriculum.stages.<name>``.
+STAGES_PACKAGE = "diffusion_curriculum.stages"
 
 
 def _module_file(root: Path, module: str) -> Path | None:
@@ -84,8 +86,9 @@ def _imports(module: str, path: str, mtime_ns: int, size: int) -> frozenset[str]
 def closure(module: str, root: str | Path = ".") -> list[str]:
     """The repository files ``python -m <module>`` runs, as sorted POSIX paths relative to ``root``.
 
-    ``module`` is dotted (``stages.train``); the result holds its own file, every repository module it
-    imports directly or through others, and the ``__init__.py`` of every package on the way.
+    ``module`` is dotted (``diffusion_curriculum.stages.train``); the result holds its own file, every
+    repository module it imports directly or through others, and the ``__init__.py`` of every package on
+    the way.
     """
     root = Path(root)
     if _module_file(root, module) is None:
@@ -103,8 +106,8 @@ def closure(module: str, root: str | Path = ".") -> list[str]:
 
 
 def stage_closure(stage: str, root: str | Path = ".") -> list[str]:
-    """The code files of the stage CLI ``python -m stages.<stage>``."""
-    return closure(f"stages.{stage}", root)
+    """The code files of the stage CLI ``python -m diffusion_curriculum.stages.<stage>``."""
+    return closure(f"{STAGES_PACKAGE}.{stage}", root)
 
 
 CODE_FILE = re.compile(r"^(?:" + "|".join(re.escape(p) for p in PACKAGES.values()) + r")/.*\.py$")
@@ -115,7 +118,7 @@ def is_code_file(path: str) -> bool:
     return bool(CODE_FILE.match(path))
 
 
-STAGE_COMMAND = re.compile(r"python -m stages\.(\w+)")
+STAGE_COMMAND = re.compile(r"python -m " + re.escape(STAGES_PACKAGE) + r"\.(\w+)")
 
 
 def dvc_code_deps(dvc_yaml: str | Path = "dvc.yaml") -> dict[str, tuple[str, list[str]]]:
@@ -127,7 +130,7 @@ def dvc_code_deps(dvc_yaml: str | Path = "dvc.yaml") -> dict[str, tuple[str, lis
     for name, stage in stages.items():
         match = STAGE_COMMAND.search(stage["cmd"])
         if match is None:
-            raise ValueError(f"{dvc_yaml}: stage {name} runs no 'python -m stages.<name>' command")
+            raise ValueError(f"{dvc_yaml}: stage {name} runs no 'python -m {STAGES_PACKAGE}.<name>' command")
         found[name] = (match.group(1), [d for d in stage.get("deps", []) if is_code_file(d)])
     return found
 
@@ -179,7 +182,7 @@ def rewrite_dvc_yaml(root: str | Path = ".") -> bool:
 def main(argv: list[str]) -> int:
     """Check dvc.yaml's code deps (``--write``: rewrite them from the imports)."""
     if argv not in ([], ["--write"]):
-        print("usage: python -m stages._codedeps [--write]", file=sys.stderr)
+        print(f"usage: python -m {STAGES_PACKAGE}._codedeps [--write]", file=sys.stderr)
         return 2
     if argv == ["--write"]:
         print("dvc.yaml " + ("rewritten" if rewrite_dvc_yaml(".") else "already current"))
@@ -188,7 +191,7 @@ def main(argv: list[str]) -> int:
     for name, (missing, extra) in drift.items():
         print(f"{name}: missing {missing or 'nothing'}, not imported {extra or 'nothing'}")
     if drift:
-        print("rewrite them with: python -m stages._codedeps --write")
+        print(f"rewrite them with: python -m {STAGES_PACKAGE}._codedeps --write")
         return 1
     print("dvc.yaml: every stage lists exactly the code it imports")
     return 0

@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from diffusion_curriculum import data, metrics
+from diffusion_curriculum import features as feature_space
 from diffusion_curriculum.errors import InputFileError
+from diffusion_curriculum.gpu import pick_device
 from diffusion_curriculum.io import atomic_savez, atomic_write_json
 
-from . import _cli, _features, gpu, params
+from . import _cli, params
 
 REFERENCE_SUBSET_SEED = 0  # the same real images every time, whatever other seeds say
 
@@ -63,29 +65,32 @@ def split_real_images(
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = _cli.parser(__doc__)
+    ap = _cli.parser("fid_ref", __doc__)
     ap.add_argument("--data", required=True, help="train.parquet written by prepare_data")
     ap.add_argument("--feature-net", required=True, help="feature_net.pt written by feature_net")
     ap.add_argument("--out-dir", required=True, help="reference.npz, reference.json, floor.npz go here")
     args = ap.parse_args(argv)
     cfg_all = params.sections(args.params, "features", "sample")
     cfg, num_floor = cfg_all["features"], cfg_all["sample"]["num_samples"]
-    device = gpu.pick_device(params.resolve_device(cfg["device"]))
+    device = pick_device(params.resolve_device(cfg["device"]))
 
     dataset = data.read_parquet(args.data)
     if dataset.kind != data.PIXELS:
         raise InputFileError(args.data, f"holds {dataset.kind}; reference statistics need pixel images")
-    record = _features.load_feature_net(args.feature_net)
+    record = feature_space.load_feature_net(args.feature_net)
     held_out = record["held_out"].numpy() if record.get("trained") else None
     floor_rows, reference_rows = split_real_images(len(dataset), num_floor, held_out)
     floor = dataset.select(floor_rows)
     real = data.subset(dataset.select(reference_rows), cfg["reference_images"], seed=REFERENCE_SUBSET_SEED)
-    extractor = _features.build_extractor(cfg, args.feature_net, device)
+    extractor = feature_space.build_extractor(
+        cfg["extractor"], args.feature_net, device, inception_weights=cfg["inception_weights"],
+        setting="features.inception_weights",
+    )  # fmt: skip
     stats = metrics.reference_stats(real.images, extractor, batch_size=cfg["batch_size"])
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    name = _features.extractor_name(cfg)
+    name = feature_space.extractor_name(cfg["extractor"])
     atomic_savez(out / "reference.npz", extractor=np.array(name), **stats)
     atomic_savez(out / "floor.npz", images=floor.images, labels=floor.labels)  # labels: -1 when unlabeled
     atomic_write_json(

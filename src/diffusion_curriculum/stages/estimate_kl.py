@@ -17,21 +17,22 @@ from pathlib import Path
 import torch
 
 from diffusion_curriculum import data
+from diffusion_curriculum.gpu import pick_device
 from diffusion_curriculum.io import atomic_path
 from diffusion_curriculum.kl import default_timesteps, estimate_kl, gaussian_kl, gaussian_reference
 from diffusion_curriculum.schedules import make_schedule
 
-from . import _cli, gpu, params
+from . import _cli, params
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = _cli.parser(__doc__)
+    ap = _cli.parser("estimate_kl", __doc__)
     ap.add_argument("--data", required=True, help="train.parquet written by prepare_data")
     ap.add_argument("--out", required=True, help="kl.parquet to write")
     args = ap.parse_args(argv)
     cfg = params.sections(args.params, "diffusion", "kl")
     diff, kl = cfg["diffusion"], cfg["kl"]
-    device = gpu.pick_device(params.resolve_device(kl["device"]))
+    device = pick_device(params.resolve_device(kl["device"]))
     schedule = make_schedule(framework=diff["framework"], **diff[diff["framework"]])
 
     dataset = data.subset(data.read_parquet(args.data), kl["num_data"], seed=kl["seed"])

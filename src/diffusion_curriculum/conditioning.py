@@ -1,7 +1,8 @@
-"""What a model is conditioned on (``model.condition``), shared by train, train_expert and sample.
+"""What a model is conditioned on: class labels, caption embeddings, or nothing.
 
 ``class`` uses the data set's labels; ``text`` the caption embeddings that prepare_data validated and
-copied to ``captions.parquet`` (an empty table when ``data.captions_path`` is null); ``none`` neither.
+copied to ``captions.parquet`` (an empty table when the data set has no captions); ``none`` neither.
+Shared by the trainers (:func:`training_conditioning`) and sampling (:func:`read_text_captions`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ from pathlib import Path
 
 import torch
 
-from diffusion_curriculum import captions as caption_io
-from diffusion_curriculum import data
-
-from .params import ParamsError
+from . import captions as caption_io
+from . import data
+from .errors import SettingError
 
 
 def write_no_captions(path: Path) -> None:
@@ -23,7 +23,7 @@ def write_no_captions(path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from diffusion_curriculum.io import atomic_path
+    from .io import atomic_path
 
     table = pa.table(
         {"image": pa.array([], type=pa.int64()), "embedding": pa.array([], type=pa.list_(pa.float32()))}
@@ -32,13 +32,14 @@ def write_no_captions(path: Path) -> None:
         pq.write_table(table, tmp)
 
 
-def read_text_captions(path: str | Path, num_images: int, params_file: str) -> caption_io.CaptionEmbeddings:
+def read_text_captions(path: str | Path, num_images: int, source: str) -> caption_io.CaptionEmbeddings:
+    """The caption embeddings of a text-conditional model; ``source`` names the setting that asked for
+    text conditioning (in the error when the file holds none)."""
     import pyarrow.parquet as pq
 
     if pq.ParquetFile(path).metadata.num_rows == 0:
-        raise ParamsError(
-            f"{params_file}: model.condition is text but {path} holds no captions (set data.captions_path "
-            "and rerun prepare_data)"
+        raise SettingError(
+            f"{source} is text but {path} holds no captions (prepare_data wrote it without captions)"
         )
     return caption_io.read_captions(path, num_images)
 
@@ -62,21 +63,22 @@ class Conditioning:
 
 
 def training_conditioning(
-    model_cfg: dict, dataset: data.ImageDataset, captions_path: str | None, params_file: str
+    kind: str, dataset: data.ImageDataset, captions_path: str | None, source: str = "condition"
 ) -> Conditioning:
-    kind = model_cfg["condition"]
+    """The conditioning ``kind`` (``none``, ``class`` or ``text``) on ``dataset``; text reads the caption
+    embeddings in ``captions_path``.  ``source`` names the setting that chose ``kind`` in errors."""
     if kind == "none":
         return Conditioning(arch={"num_classes": 0, "text_dim": 0, "text_tokens": 1})
     if kind == "class":
         if not dataset.labeled:
-            raise ParamsError(f"{params_file}: model.condition is class but the data set has no labels")
+            raise SettingError(f"{source} is class but the data set has no labels")
         return Conditioning(
             arch={"num_classes": dataset.num_classes, "text_dim": 0, "text_tokens": 1},
             labels=torch.from_numpy(dataset.labels.copy()),
         )
     if captions_path is None:
-        raise ParamsError(f"{params_file}: model.condition is text but no --captions file was given")
-    caps = read_text_captions(captions_path, len(dataset), params_file)
+        raise SettingError(f"{source} is text but no --captions file was given")
+    caps = read_text_captions(captions_path, len(dataset), source)
     return Conditioning(
         arch={"num_classes": 0, "text_dim": caps.dim, "text_tokens": caps.tokens},
         text_null=torch.from_numpy(caps.null) if caps.null is not None else None,

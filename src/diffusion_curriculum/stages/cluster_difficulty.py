@@ -18,7 +18,7 @@ from . import _cli, params
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = _cli.parser(__doc__)
+    ap = _cli.parser("cluster_difficulty", __doc__)
     ap.add_argument("--kl", required=True, help="kl.parquet written by estimate_kl")
     ap.add_argument("--kl-score", required=True, help="kl_score.parquet written by estimate_kl_score")
     ap.add_argument("--convergence", required=True, help="convergence.parquet written by convergence")

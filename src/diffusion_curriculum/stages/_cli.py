@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from diffusion_curriculum.errors import InputFileError, TrainingDiverged
+from diffusion_curriculum.errors import InputFileError, SettingError, TrainingDiverged
 
 from .params import ParamsError
 
@@ -17,8 +17,18 @@ from .params import ParamsError
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-def parser(description: str) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=description)
+# The stage CLIs are the modules of this package: ``python -m diffusion_curriculum.stages.<name>``.
+PACKAGE = __package__
+
+
+def parser(stage: str, description: str) -> argparse.ArgumentParser:
+    """The argument parser of ``stage``, with the options every stage takes; ``--help`` shows the command
+    that runs it and the module's docstring as written."""
+    ap = argparse.ArgumentParser(
+        prog=f"python -m {PACKAGE}.{stage}",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     ap.add_argument(
         "--threads",
@@ -55,9 +65,9 @@ def use_threads(threads: int) -> None:
     threadpool_limits(limits=threads)
 
 
-# Failures of the user's parameters, files or run: one line naming the key or file, exit status 2.
-# Anything else (a ValueError from a bug included) keeps its traceback.
-USER_ERRORS = (ParamsError, InputFileError, FileNotFoundError, TrainingDiverged)
+# Failures of the user's parameters, settings, files or run: one line naming the key or file, exit
+# status 2.  Anything else (a ValueError from a bug included) keeps its traceback.
+USER_ERRORS = (ParamsError, SettingError, InputFileError, FileNotFoundError, TrainingDiverged)
 
 
 def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:

@@ -1,0 +1,145 @@
+"""The observational study's findings and the sample-quality reading, as sentences computed from the
+data: does a metric separate the baseline from real data, do lower-noise intervals converge later,
+is the KL between consecutive marginals larger at low noise (against the estimator's null)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from ..difficulty import NOT_CONVERGED, convergence_trend
+from .stats import LowNoiseContrast, low_noise_contrast, metric_label
+
+# Fraction of the timesteps, from the low-noise end, compared with the rest in the KL finding.
+LOW_NOISE_FRACTION = 0.1
+# Fewest score-estimator pairs inside the first-order range for the low-noise contrast to be computed.
+MIN_SCORE_PAIRS = 10
+
+
+def convergence_finding(convergence: pd.DataFrame) -> list[str]:
+    """Does a lower-noise interval converge later (the paper's appendix B)?  Spearman's rho between the
+    interval number (1 = lowest noise) and each convergence measure (the claim predicts rho < 0), read
+    only when at least three quarters of the experts settled on a plateau: the step at which an expert
+    that is still falling stops falling measurably is no convergence point
+    (:func:`diffusion_curriculum.difficulty.convergence_trend`)."""
+    total, settled = len(convergence), int(convergence["settled"].sum())
+    plateau = convergence_trend(convergence, "plateau_step")
+    if plateau.verdict == NOT_CONVERGED:
+        return [
+            f"- {settled} of {total} experts settled on a plateau (within `convergence.tolerance` of the "
+            f"mean of their last steps): {NOT_CONVERGED}; no trend of either measure is read."
+        ]
+    lines = []
+    for column, label in (("oscillation_onset", "oscillation onset"), ("plateau_step", "plateau step")):
+        trend = convergence_trend(convergence, column)
+        measured = f"{trend.settled} of {trend.intervals} intervals have one"
+        if math.isnan(trend.rho):
+            lines.append(f"- {label}: {measured}: {trend.verdict}.")
+        else:
+            lines.append(
+                f"- {label}: {measured}; Spearman rho(interval, step) = {trend.rho:+.2f} "
+                f"(p = {trend.p:.2g}): {trend.verdict}."
+            )
+    return lines
+
+
+def _contrast_sentence(name: str, c: LowNoiseContrast) -> str:
+    survives = c.difference > 0 and c.p_one_sided < 0.05
+    verdict = "the claim holds here" if survives else "the claim does **not** survive here"
+    return (
+        f"{name}: mean over the {LOW_NOISE_FRACTION:.0%} lowest-noise pairs {c.low_mean:.4g} nats, over the "
+        f"rest {c.rest_mean:.4g} (difference {c.difference:+.3g} ± {c.stderr:.2g}, z = {c.z:.2f}, "
+        f"one-sided p = {c.p_one_sided:.2g}): {verdict}."
+    )
+
+
+def kl_finding(kl: pd.DataFrame, score: pd.DataFrame | None) -> list[str]:
+    """Is D_KL(p_{t-1} || p_t) larger at small t (the paper's Fig. 2)?  Read against the estimator's null
+    (the mixture estimator on data-free Gaussian reference data) and by the score estimator."""
+    values = kl["kl"].to_numpy(dtype=float)
+    lines = [
+        f"- The mixture estimator (eq. 1-2, the paper's): {np.mean(values <= 0):.0%} of its {len(values)} "
+        "estimates are ≤ 0, i.e. below its Monte-Carlo error around a KL near zero."
+    ]
+    if "kl_null" in kl:
+        ordered = kl.sort_values("unit")
+        cut = max(1, int(round(LOW_NOISE_FRACTION * len(ordered))))
+        low = ordered.iloc[:cut]
+        share = low["kl_null"].mean() / low["kl"].mean() if low["kl"].mean() > 0 else float("nan")
+        lines.append(
+            f"- Its null, the same estimator with the same D, L, M and draws on an isotropic Gaussian with "
+            f"the data's variance (whose true KL there is {low['kl_null_exact'].mean():.3g} nats), gives "
+            f"{low['kl_null'].mean():.4g} nats over the lowest-noise pairs: {share:.0%} of the data's "
+            f"{low['kl'].mean():.4g} nats there is the estimator's own term, not the data."
+        )
+        effect = kl["kl"] - kl["kl_null"]
+        error = np.hypot(kl["kl_stderr"], kl["kl_null_stderr"])
+        contrast = low_noise_contrast(kl["unit"], effect, error, LOW_NOISE_FRACTION)
+        lines.append("- " + _contrast_sentence("Mixture estimate minus its null", contrast))
+    else:
+        contrast = low_noise_contrast(kl["unit"], kl["kl"], kl["kl_stderr"], LOW_NOISE_FRACTION)
+        lines.append("- " + _contrast_sentence("Mixture estimate (no null available)", contrast))
+    if score is None or not len(score):
+        lines.append("- Score estimator: not run (kl.score.source: none).")
+        return lines
+    valid = score[score["kl_first_order_ok"].astype(bool) & score["score_consistent"].astype(bool)]
+    name = (
+        f"Score estimator ({len(valid)} of {len(score)} pairs both inside its first-order range and with a "
+        "consistent score, E[g] = 0 within 3 standard errors)"
+    )
+    if len(valid) < MIN_SCORE_PAIRS:
+        lines.append(
+            f"- {name}: too few pairs for a test; the expansion in beta_t does not hold where the step is "
+            "not small against the noised data's variance in its thinnest directions."
+        )
+    else:
+        contrast = low_noise_contrast(valid["unit"], valid["kl"], valid["kl_stderr"], LOW_NOISE_FRACTION)
+        lines.append("- " + _contrast_sentence(name, contrast))
+    return lines
+
+
+def separation(
+    summary: pd.DataFrame,
+    floor: dict[str, float],
+    floor_interval: dict[str, tuple[float, float]],
+    baseline: str,
+    confidence: float,
+) -> list[str]:
+    """Does each metric tell the baseline's final samples from real data at this sample count?  Its
+    interval over seeds against the floor's bootstrap interval (or the floor's value, lacking one)."""
+    lines = []
+    for metric in ("class_agreement", "fid", "kid"):
+        if metric not in floor:
+            continue
+        rows = summary[(summary["method"] == baseline) & (summary["metric"] == metric)]
+        if rows.empty:
+            continue
+        mean, half = float(rows["mean"].iloc[0]), float(rows["ci"].iloc[0])
+        label = metric_label(metric)
+        low, high = floor_interval.get(metric, (floor[metric], floor[metric]))
+        real = f"real data {floor[metric]:.4g} [{low:.4g}, {high:.4g}]"
+        if not math.isfinite(half):
+            lines.append(f"- {label}: {baseline} {mean:.4g} (one seed, no interval), {real}.")
+            continue
+        apart = mean + half < low or mean - half > high
+        verdict = (
+            "separated from the floor" if apart else "**not** separated from the floor at this sample count"
+        )
+        lines.append(
+            f"- {label}: {baseline} {mean:.4g} ± {half:.2g} ({confidence:.0%} interval over seeds), "
+            f"{real} (95% bootstrap interval): {verdict}."
+        )
+    return lines
+
+
+def feature_space_finding(feature_net: dict) -> str:
+    """Which feature space FID, KID and precision/recall were computed in (feature_net's record)."""
+    if feature_net.get("trained"):
+        return (
+            f"Feature space of FID/KID/precision/recall: the domain classifier (held-out accuracy "
+            f"{feature_net['test_accuracy']:.1%} on {feature_net['num_test']} images), whose class decisions "
+            "also give the class agreement."
+        )
+    return "Feature space of FID/KID/precision/recall: clean-fid's Inception-v3."
