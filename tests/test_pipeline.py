@@ -13,6 +13,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from diffusion_curriculum.timesteps.curriculum import TRANSITION_COLUMNS
+
 from conftest import run_cli
 
 CLUSTERS = 4  # configs/smoke.yaml
@@ -31,7 +33,8 @@ def _check_outputs(root):
         summary = json.loads((run / "summary.json").read_text())
         assert summary["iterations"] == 40 and np.isfinite(summary["final_loss"])
         transitions = pd.read_parquet(run / "transitions.parquet")
-        assert list(transitions.columns) == ["step", "from_stage", "to_stage"]
+        # Both numberings: ours (step, stages) and Algorithm 2's (iteration, interval indices).
+        assert list(transitions.columns) == TRANSITION_COLUMNS
         snapshots = sorted(p.name for p in (run / "snapshots").glob("step*.pt"))
         assert snapshots == ["step20.pt", "step40.pt"]
         for step in (20, 40):
