@@ -26,7 +26,8 @@ rule train:
         sections=sections("diffusion", "model", "train", "strategies.{method}"),
         out_dir="results/train/{method}/seed{seed}",
         checkpoint_dir="checkpoints/train/{method}/seed{seed}",
+        live_dir="live/train/{method}/seed{seed}",
     shell:
         "python -m diffusion_curriculum.stages.train --params {params.file:q} --threads {threads} --data {input.data}"
         " --captions {input.captions} --curriculum {input.curriculum} --method {wildcards.method} --seed {wildcards.seed}"
-        " --out-dir {params.out_dir} --checkpoint-dir {params.checkpoint_dir} > {log} 2>&1"
+        " --out-dir {params.out_dir} --checkpoint-dir {params.checkpoint_dir} --live-dir {params.live_dir} > {log} 2>&1"

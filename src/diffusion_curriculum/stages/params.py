@@ -83,8 +83,52 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
     return params
 
 
+def check_strategies(params: dict, source: str = "params.yaml") -> None:
+    """Every method of the study has a ``strategies`` entry whose ``kind`` (the entry's own name when
+    absent) names a strategy class, with exactly the arguments that class takes; a variant of a
+    registered strategy is also checked against that strategy's schema."""
+    import inspect
+
+    from diffusion_curriculum.timesteps import strategy_parameters
+
+    entries = params["strategies"]
+    registered = load_schema()["properties"]["strategies"]["properties"]
+    for name in params["study"]["methods"]:
+        if name not in entries:
+            raise ParamsError(
+                f"{source}: study.methods names {name!r}, which has no entry under strategies "
+                f"(configured: {', '.join(sorted(entries))})"
+            )
+        entry = dict(entries[name])
+        kind = entry.pop("kind", name)
+        where = f"strategies.{name}"
+        try:
+            accepted = strategy_parameters(kind)
+        except ValueError as err:
+            raise ParamsError(f"{source}: {where}.kind: {err}") from None
+        if kind in registered and kind != name:
+            errors = list(_Validator(registered[kind]).iter_errors(entry))
+            if errors:
+                raise ParamsError(_describe(errors[0], source).replace(": <top level>", f": {where}"))
+        supplied = {"prediction", "total_steps"}  # the train stage adds these facts of the run
+        unknown = sorted(set(entry) - set(accepted))
+        missing = sorted(
+            k
+            for k, v in accepted.items()
+            if v is inspect.Parameter.empty and k not in entry and k not in supplied
+        )
+        if unknown:
+            raise ParamsError(
+                f"{source}: {where}: unknown argument(s) {', '.join(unknown)} of {kind!r} "
+                f"(it takes: {', '.join(sorted(accepted)) or 'none'})"
+            )
+        if missing:
+            raise ParamsError(f"{source}: {where}: missing argument(s) {', '.join(missing)} of {kind!r}")
+
+
 def check_consistency(params: dict, source: str = "params.yaml") -> None:
     """Rules that tie keys together, which the schema cannot express."""
+    check_strategies(params, source)
     train = params["train"]
     late = [s for s in train["snapshots"] if s > train["iterations"]]
     if late:

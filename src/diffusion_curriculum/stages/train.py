@@ -21,6 +21,7 @@ from pathlib import Path
 from diffusion_curriculum import checkpoints, runs
 from diffusion_curriculum.gpu import pick_device
 from diffusion_curriculum.io import atomic_torch_save, atomic_write_json
+from diffusion_curriculum.live import LiveLog
 from diffusion_curriculum.models import count_parameters
 from diffusion_curriculum.timesteps import Intervals, make_strategy, strategy_parameters
 from diffusion_curriculum.timesteps.curriculum import TRANSITION_COLUMNS
@@ -41,10 +42,10 @@ LOOP_KEYS = (
 )  # fmt: skip
 
 
-def with_run_facts(method: str, strategy_params: dict, prediction: str, iterations: int) -> dict:
+def with_run_facts(kind: str, strategy_params: dict, prediction: str, iterations: int) -> dict:
     """Add what a strategy needs to know about the run and params.yaml holds elsewhere (the network's
     parameterisation, the run length), so it is never written twice and can never disagree."""
-    accepted = strategy_parameters(method)
+    accepted = strategy_parameters(kind)
     facts = {"prediction": prediction, "total_steps": iterations}
     return {**{k: v for k, v in facts.items() if k in accepted}, **strategy_params}
 
@@ -58,6 +59,12 @@ def _arguments(argv: list[str] | None):
     ap.add_argument("--out-dir", required=True, help="writes model.pt, the logs and snapshots/ here")
     ap.add_argument(
         "--checkpoint-dir", required=True, help="resumable checkpoint while the run is in progress"
+    )
+    ap.add_argument(
+        "--live-dir",
+        default=None,
+        help="write the training curves here as they go (DVCLive files: loss, loss per interval, stage, "
+        "lr, beta1, steps/s); watch with `dvc plots show` or VS Code (default: none)",
     )
     ap.add_argument(
         "--curriculum",
@@ -106,9 +113,13 @@ def main(argv: list[str] | None = None) -> None:
         intervals = Intervals.uniform(
             params.sections(args.params, "curriculum")["curriculum"]["num_clusters"]
         )
-    cfg["strategy"] = strategy_params = cfg.pop("strategies")[args.method]
-    facts = with_run_facts(args.method, strategy_params, diff["prediction"], train_cfg["iterations"])
-    strategy = make_strategy(args.method, setup.schedule, intervals, **facts)
+    cfg["strategy"] = entry = cfg.pop("strategies")[args.method]
+    # A named variant (strategies.dtd_tau50: {kind: dtd, ...}) or a strategy of the user's own
+    # (kind: my_module:MyStrategy); without `kind` the entry's name is the registered strategy.
+    kind = entry.get("kind", args.method)
+    strategy_params = {key: value for key, value in entry.items() if key != "kind"}
+    facts = with_run_facts(kind, strategy_params, diff["prediction"], train_cfg["iterations"])
+    strategy = make_strategy(kind, setup.schedule, intervals, **facts)
     fingerprint = params.fingerprint(
         cfg, args.method, args.seed, setup.data_sha256, intervals.to_json(), setup.conditioning.digest
     )
@@ -143,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         snapshot_steps=train_cfg["snapshots"],
         on_snapshot=snapshots.write,
         should_stop=stop.requested,
+        on_log=LiveLog(args.live_dir) if args.live_dir and not rank else None,
     )
     elapsed = time.perf_counter() - started
     if not result.completed:
