@@ -6,14 +6,15 @@
     python benchmarks/gpu_check.py merge --out DIR [--dry] [--wall S]    # DIR/gpu_check.json and .md
 
 ``gpu_check.sh`` runs each part below as its own process under ``timeout`` with the part's cap (never past
-the run's total), then merges what the parts wrote into ``gpu_check.json`` (every figure, the device, the
-torch / CUDA / cuDNN / NCCL versions, the commit, each part's status, wall time and cap) and
-``gpu_check.md`` (the GPU table of BENCHMARKS.md, filled).  A part writes ``parts/<part>.json`` after
-each measurement, so a part stopped by its cap keeps the figures it had (status ``timeout``).
+the run's total; the last part, the pipeline, may also use the time the others left unused), then merges
+what the parts wrote into ``gpu_check.json`` (every figure, the device, the torch / CUDA / cuDNN / NCCL
+versions, the commit, each part's status, wall time and cap) and ``gpu_check.md`` (the GPU table of
+BENCHMARKS.md, filled).  A part writes ``parts/<part>.json`` after each measurement, so a part stopped by
+its cap keeps the figures it had (status ``timeout``).
 
-Parts (cap in seconds on the GPU; their sum plus the merge stays under 480):
+Parts (cap in seconds on the GPU; their sum, 465, plus 15 for the merge and ``timeout``'s grace: 480):
 
-* ``env`` (20): device, versions, commit; the dense matmul peak measured with an 8192^3 product timed by
+* ``env`` (25): device, versions, commit; the dense matmul peak measured with an 8192^3 product timed by
   CUDA events (bf16, and fp32 with TF32 off) -- the peak every MFU below is quoted against.
 * ``train`` (120): DiT-B/2 on 4x32x32 latents, batch 256 (``train_throughput.py``'s ``Bench``): the plain
   fp32 eager loop (``reference``) against the project's ``train_loop`` (bf16 autocast, SDPA, fused AdamW)
@@ -22,13 +23,13 @@ Parts (cap in seconds on the GPU; their sum plus the merge stays under 480):
   measured bf16 peak, with FLOPs per image counted by ``torch.utils.flop_counter`` on one forward +
   backward (matrix products, attention included) and checked against the analytic DiT count,
   3 x forward, forward = depth x (n (8 d^2 + 4 r d^2 + 4 n d) + 12 d^2) + embeddings (``_common``).
-* ``sample`` (70): DDPM-250 with CFG 1.5, batch 256, DiT-B/2 (``sample_throughput.py``): one guided call
+* ``sample`` (75): DDPM-250 with CFG 1.5, batch 256, DiT-B/2 (``sample_throughput.py``): one guided call
   on the doubled batch in bf16 (``samplers.sample``) against the fp32 loop calling the network twice per
   step; 10 timed steps per run, images/s quoted for the 250-step chain; ``+compile`` if 30 s are left.
 * ``kl`` (40): ``estimate_kl`` at M = L = 5,000, D = 3,072, 999 pairs, float32 (the GPU study's
   ``kl.precision``) (``kl_throughput.measure``): median time and achieved TFLOP/s against the fp32 matmul
   peak (TF32 off, as in the estimator).
-* ``memory`` (50): ``torch.cuda.max_memory_allocated`` over two ``train_loop`` steps (vanilla, bf16,
+* ``memory`` (40): ``torch.cuda.max_memory_allocated`` over two ``train_loop`` steps (vanilla, bf16,
   eager) of DiT-S/2, B/2, L/2, XL/2 at batch 256, smallest first, up to the first out-of-memory: the
   largest DiT that fits is the last one that trained.
 * ``ddp`` (30): two processes of ``train_loop`` under NCCL data parallel (DiT-B/2, global batch 256),
@@ -69,7 +70,7 @@ if str(HERE) not in sys.path:  # the sibling benchmarks, imported by the parts
     sys.path.insert(0, str(HERE))
 
 PARTS = ("env", "train", "sample", "kl", "memory", "ddp", "pipeline")
-CAPS = {"env": 20, "train": 120, "sample": 70, "kl": 40, "memory": 50, "ddp": 30, "pipeline": 135}
+CAPS = {"env": 25, "train": 120, "sample": 75, "kl": 40, "memory": 40, "ddp": 30, "pipeline": 135}
 DRY_CAPS = {"env": 60, "train": 180, "sample": 120, "kl": 60, "memory": 120, "ddp": 120, "pipeline": 420}
 TOTAL_S = 480  # the whole run on a GPU, merge included: 8 minutes
 MERGE_RESERVE_S = 15  # kept back for the merge and for ``timeout``'s kill grace
@@ -105,7 +106,7 @@ class Sizes:
 
 
 FULL = Sizes(
-    "DiT-B/2", False, 256, 2, 3, 3, 5, "inductor", 10, (5000, 5000, 3072, 1000), 2,
+    "DiT-B/2", False, 256, 2, 2, 2, 5, "inductor", 10, (5000, 5000, 3072, 1000), 2,
     ("DiT-S/2", "DiT-B/2", "DiT-L/2", "DiT-XL/2"), 256, 8192,
 )  # fmt: skip
 DRY = Sizes(
@@ -471,7 +472,9 @@ def part_memory(part: Part) -> None:
     for name in sz.memory_models:
         spec = spec_for(name, sz.tiny)
         torch._dynamo.reset()
-        net = spec.build().to(device)
+        with device:  # initialised on the device: DiT-XL/2's 675 M weights take seconds on a CPU
+            net = spec.build()
+        net = net.to(device)  # the buffers made from NumPy arrays
         n_params = sum(p.numel() for p in net.parameters())
         images, labels = bench.data(spec)
         stats = PathStats()
@@ -619,18 +622,38 @@ def slice_params(dry: bool) -> dict:
     return cfg
 
 
-# Not copied into the pipeline's work folder: version control, environments, outputs of earlier runs.
-_NOT_COPIED = {".git", ".venv", "venv", ".dvc", "results", "data", "logs", ".snakemake", ".pytest_cache",
-               ".ruff_cache"}  # fmt: skip
+# Not copied into the pipeline's work folder outside git: environments, caches, outputs of earlier runs.
+_NOT_COPIED = ("results", "data", "logs", "checkpoints", "build", "datasets", "weights", ".snakemake", ".dvc")
 
 
 def copy_repository(work: Path, out: Path) -> None:
-    """The repository's files (wherever its stage package lives) without outputs, caches or ``out``."""
+    """The repository's files, wherever its stage package lives, into ``work``: what git tracks or would
+    track (not what .gitignore names: environments, outputs), or, outside a git checkout, the folder
+    without environments, caches and outputs; never ``out``."""
+    out = out.resolve()
+    try:
+        listing = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO, capture_output=True, check=True, timeout=30,
+        ).stdout.decode()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        listing = None
+    if listing is not None:
+        for rel in filter(None, listing.split("\0")):
+            src = REPO / rel
+            if src.is_file() and not src.resolve().is_relative_to(out):
+                (work / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, work / rel)
+        return
 
     def ignore(folder: str, names: list[str]) -> set[str]:
         here = Path(folder).resolve()
-        skip = {n for n in names if n == "__pycache__" or n.endswith(".egg-info") or here / n == out}
-        return skip | (_NOT_COPIED & set(names) if here == REPO else set())
+        skip = {
+            n for n in names
+            if n in ("__pycache__", ".git", ".pytest_cache", ".ruff_cache") or n.startswith(".venv")
+            or n.endswith(".egg-info") or here / n == out
+        }  # fmt: skip
+        return skip | (set(_NOT_COPIED) & set(names) if here == REPO else set())
 
     shutil.copytree(REPO, work, ignore=ignore, symlinks=True)
 

@@ -6,9 +6,10 @@
 # OUT (default: $OUT) receives gpu_check.json (every figure, the device, torch / CUDA versions, the
 # commit), gpu_check.md (BENCHMARKS.md's GPU table, filled) and parts/ (each part's record and log).
 # Each part (env train sample kl memory ddp pipeline; see benchmarks/gpu_check.py) runs as its own
-# process under `timeout` with its own cap, never past the run's total: one slow part cannot eat the
-# rest, and a part stopped by its cap keeps what it had measured.  --dry: the same code paths on the CPU
-# at tiny sizes (tests/test_gpu_check.py).  Run from anywhere with the project's venv active.
+# process under `timeout` with its own cap, never past the run's total (the last part, the pipeline,
+# also gets what the others left unused): one slow part cannot eat the rest, and a part stopped by its
+# cap keeps what it had measured.  --dry: the same code paths on the CPU at tiny sizes (about 3 minutes
+# on 2 cores; tests/test_gpu_check.py).  Run from anywhere with the project's venv active.
 # Exit status: 0 when every part finished (or was skipped with a reason), 1 otherwise, 2 on bad usage.
 set -uo pipefail
 
@@ -36,6 +37,7 @@ mkdir -p "$out/parts" && out=$(cd "$out" && pwd) || exit 2
 caps=$("$python" "$here/gpu_check.py" caps "${dry[@]}") || exit 2
 total=$(awk '$1 == "total" {print $2}' <<<"$caps")
 reserve=$(awk '$1 == "reserve" {print $2}' <<<"$caps")
+last=$(awk '$1 != "total" && $1 != "reserve" {p = $1} END {print p}' <<<"$caps")
 start=$(date +%s)
 echo "gpu_check: ${dry[*]:-gpu} run into $out, at most $total s"
 
@@ -56,7 +58,8 @@ while read -r part cap; do
     echo "0 0 $cap the run's $total s were spent" >"$rc_file"
     continue
   fi
-  ((cap > left)) && cap=$left
+  # never past the run's total; the last part also gets what the others left unused
+  if ((cap > left)) || [[ $part == "$last" ]]; then cap=$left; fi
   t0=$(date +%s)
   timeout --kill-after=5 "$cap" "$python" "$here/gpu_check.py" "$part" --out "$out" --budget "$cap" \
     "${dry[@]}" >"$out/parts/$part.log" 2>&1
