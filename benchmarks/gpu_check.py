@@ -205,7 +205,8 @@ def part_env(part: Part) -> None:
         python=prov["python"],
         platform=prov["platform"],
         cpus=prov["cpus"],
-        commit=prov["commit"],
+        # outside a git checkout (a copied tree), the commit the caller names
+        commit=prov["commit"] or os.environ.get("GPU_CHECK_COMMIT"),
         date=prov["date"],
         packages=prov["packages"],
         tf32_matmul_default=torch.backends.cuda.matmul.allow_tf32,
@@ -466,6 +467,7 @@ def part_memory(part: Part) -> None:
         if cuda
         else "memory_estimate.estimate (fake tensors: a CPU keeps no allocator statistics)",
         models={},
+        first_oom=None,  # None when every size trained (the largest registered DiT fits)
     )
     if cuda:
         f["device_memory_gib"] = torch.cuda.get_device_properties(device).total_memory / 2**30
@@ -500,6 +502,7 @@ def part_memory(part: Part) -> None:
         f["models"][name] = row
         part.save()
         if stats.error is not None:
+            f["first_oom"] = name
             break  # the larger sizes cannot fit either
         if part.left() < 10:
             f["stopped"] = f"cap reached after {name}"
@@ -779,7 +782,7 @@ def _status(out: Path, name: str) -> dict:
     record = json.loads(path.read_text()) if path.exists() else {"part": name, "figures": {}}
     rc_file = parts / f"{name}.rc"
     if not rc_file.exists():
-        record.update(status="not run", reason=record.get("reason") or "not run by this invocation")
+        record.update(status="not run", reason="not selected by --parts")
         return record
     fields = rc_file.read_text().split(maxsplit=3)
     rc, wall, cap = int(fields[0]), float(fields[1]), float(fields[2])

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The GPU check: every GPU figure of BENCHMARKS.md in one run of at most 8 minutes on one H100/H200.
 #
-#   bash benchmarks/gpu_check.sh [--dry] [--parts env,train,...] [OUT]
+#   bash benchmarks/gpu_check.sh [--dry] [--parts env,train,...] [--pack] [OUT]
 #
 # OUT (default: $OUT) receives gpu_check.json (every figure, the device, torch / CUDA versions, the
-# commit), gpu_check.md (BENCHMARKS.md's GPU table, filled) and parts/ (each part's record and log).
+# commit), gpu_check.md (BENCHMARKS.md's GPU table, filled), parts/ (each part's record and log) and
+# pipeline/ (the slice's params, logs and metrics); --pack puts those two folders into
+# gpu_check_parts.tar.gz, leaving three files.  Outside a git checkout, GPU_CHECK_COMMIT names the commit.
 # Each part (env train sample kl memory ddp pipeline; see benchmarks/gpu_check.py) runs as its own
 # process under `timeout` with its own cap, never past the run's total (the last part, the pipeline,
 # also gets what the others left unused): one slow part cannot eat the rest, and a part stopped by its
@@ -14,16 +16,20 @@
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# The repository's library first, installed or not (the pipeline's stages inherit it).
+export PYTHONPATH="$(dirname "$here")/src${PYTHONPATH:+:$PYTHONPATH}"
 python=${PYTHON:-python}
 dry=()
 only=""
+pack=0
 out=${OUT:-}
 while [[ $# -gt 0 ]]; do
   case $1 in
     --dry) dry=(--dry); shift ;;
     --parts) only=",$2,"; shift 2 ;;
-    -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    -*) echo "gpu_check.sh: unknown option $1 (use --dry, --parts a,b, OUT)" >&2; exit 2 ;;
+    --pack) pack=1; shift ;;
+    -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -*) echo "gpu_check.sh: unknown option $1 (use --dry, --parts a,b, --pack, OUT)" >&2; exit 2 ;;
     *) out=$1; shift ;;
   esac
 done
@@ -71,3 +77,9 @@ while read -r part cap; do
 done <<<"$caps"
 
 timeout 10 "$python" "$here/gpu_check.py" merge --out "$out" --wall $(($(date +%s) - start)) "${dry[@]}"
+status=$?
+if ((pack)); then
+  tar -czf "$out/gpu_check_parts.tar.gz" -C "$out" parts $([[ -d $out/pipeline ]] && echo pipeline) &&
+    rm -rf "$out/parts" "$out/pipeline"
+fi
+exit $status
