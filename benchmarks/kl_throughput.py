@@ -56,18 +56,24 @@ def parse_args() -> argparse.Namespace:
     return ap.parse_args()
 
 
-def main() -> None:
-    args = parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+def measure(
+    device: torch.device,
+    m: int,
+    n_data: int,
+    dim: int,
+    num_timesteps: int = 1000,
+    dtype: torch.dtype = torch.float64,
+    chunk_size: int = 1024,
+    repeats: int = 3,
+    peak_size: int | None = None,
+) -> dict:
+    """Time ``estimate_kl`` over the T - 1 pairs (one warm-up run, then ``repeats``), count its FLOPs and
+    measure the device's matmul peaks; every figure of the table, as a dict."""
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = False  # the estimator must not run in TF32
-    m = args.num_samples or (5000 if cuda else 256)
-    n_data = args.num_data or (5000 if cuda else 256)
-    dim, dtype = args.dim, DTYPES[args.dtype]
-    schedule = make_schedule("vp", beta_schedule="linear", num_timesteps=args.num_timesteps)
-    pairs = args.num_timesteps - 1
+    schedule = make_schedule("vp", beta_schedule="linear", num_timesteps=num_timesteps)
+    pairs = num_timesteps - 1
     data = torch.rand(n_data, dim, generator=torch.Generator().manual_seed(0)) * 2 - 1
     data = data.to(device)
 
@@ -75,12 +81,12 @@ def main() -> None:
         gen = torch.Generator(device=device).manual_seed(1)
         sync(device)
         start = time.perf_counter()
-        estimate_kl(data, schedule, None, m, generator=gen, dtype=dtype, chunk_size=args.chunk_size)
+        estimate_kl(data, schedule, None, m, generator=gen, dtype=dtype, chunk_size=chunk_size)
         sync(device)
         return time.perf_counter() - start
 
-    run()  # warm-up
-    times = [run() for _ in range(args.repeats)]
+    warmup_s = run()
+    times = [run() for _ in range(repeats)]
     wall = statistics.median(times)
 
     gram = 4.0 * m * n_data * dim
@@ -88,21 +94,53 @@ def main() -> None:
     naive = 4.0 * pairs * m * n_data * dim
     achieved = (gram + assemble) / wall / 1e12
 
-    peak_n = args.peak_size or (8192 if cuda else 1024)
+    peak_n = peak_size or (8192 if cuda else 1024)
     peak_dtypes = [torch.float64, torch.float32] + ([torch.bfloat16] if cuda else [])
-    peaks = {dt: matmul_peak(device, dt, peak_n) for dt in peak_dtypes}
-    peak = peaks[dtype]
+    peaks = {str(dt).removeprefix("torch."): matmul_peak(device, dt, peak_n) for dt in peak_dtypes}
+    name = str(dtype).removeprefix("torch.")
+    return {
+        "hardware": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
+        "M": m,
+        "L": n_data,
+        "D": dim,
+        "num_timesteps": num_timesteps,
+        "pairs": pairs,
+        "dtype": name,
+        "chunk_size": chunk_size,
+        "warmup_s": warmup_s,
+        "times_s": times,
+        "median_s": wall,
+        "gram_flop": gram,
+        "assembly_flop": assemble,
+        "naive_gram_flop": naive,
+        "achieved_tflops": achieved,
+        "peak_size": peak_n,
+        "matmul_peak_tflops": peaks,
+        "percent_of_peak": 100 * achieved / peaks[name],
+        "us_per_pair": 1e6 * wall / pairs,
+    }
 
-    hardware = torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu"
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    m = args.num_samples or (5000 if cuda else 256)
+    n_data = args.num_data or (5000 if cuda else 256)
+    r = measure(
+        device, m, n_data, args.dim, args.num_timesteps, DTYPES[args.dtype], args.chunk_size, args.repeats,
+        args.peak_size,
+    )  # fmt: skip
     print(
-        f"device: {device} ({hardware}), threads: {torch.get_num_threads()}, torch {torch.__version__}\n"
-        f"estimate_kl: M = {m}, L = {n_data}, D = {dim}, VP linear T = {args.num_timesteps} "
-        f"({pairs} pairs), dtype {args.dtype}, chunk {args.chunk_size}; runs (s): "
-        + ", ".join(f"{t:.3f}" for t in times)
+        f"device: {device} ({r['hardware']}), threads: {torch.get_num_threads()}, torch {torch.__version__}\n"
+        f"estimate_kl: M = {m}, L = {n_data}, D = {args.dim}, VP linear T = {args.num_timesteps} "
+        f"({r['pairs']} pairs), dtype {args.dtype}, chunk {args.chunk_size}; runs (s): "
+        + ", ".join(f"{t:.3f}" for t in r["times_s"])
     )
     print(
-        f"matmul peak (n = {peak_n}): "
-        + ", ".join(f"{str(dt).removeprefix('torch.')} {p:.3f} TFLOP/s" for dt, p in peaks.items())
+        f"matmul peak (n = {r['peak_size']}): "
+        + ", ".join(f"{dt} {p:.3f} TFLOP/s" for dt, p in r["matmul_peak_tflops"].items())
         + "\n"
     )
     print(
@@ -112,9 +150,11 @@ def main() -> None:
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(
-        f"| {hardware} | {args.dtype} | {m} | {n_data} | {dim} | {pairs} | {wall:.3f} | {gram / 1e9:.1f} | "
-        f"{assemble / 1e9:.1f} | {naive / 1e9:.0f} | {achieved:.4f} | {peak:.3f} | "
-        f"{100 * achieved / peak:.2f} | {1e6 * wall / pairs:.0f} |"
+        f"| {r['hardware']} | {args.dtype} | {m} | {n_data} | {args.dim} | {r['pairs']} | "
+        f"{r['median_s']:.3f} | "
+        f"{r['gram_flop'] / 1e9:.1f} | {r['assembly_flop'] / 1e9:.1f} | {r['naive_gram_flop'] / 1e9:.0f} | "
+        f"{r['achieved_tflops']:.4f} | {r['matmul_peak_tflops'][args.dtype]:.3f} | "
+        f"{r['percent_of_peak']:.2f} | {r['us_per_pair']:.0f} |"
     )
 
 
