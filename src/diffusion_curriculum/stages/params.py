@@ -92,7 +92,8 @@ def check_strategies(params: dict, source: str = "params.yaml") -> None:
     from diffusion_curriculum.timesteps import strategy_parameters
 
     entries = params["strategies"]
-    registered = load_schema()["properties"]["strategies"]["properties"]
+    schema = load_schema()
+    registered = schema["properties"]["strategies"]["properties"]
     for name in params["study"]["methods"]:
         if name not in entries:
             raise ParamsError(
@@ -107,9 +108,14 @@ def check_strategies(params: dict, source: str = "params.yaml") -> None:
         except ValueError as err:
             raise ParamsError(f"{source}: {where}.kind: {err}") from None
         if kind in registered and kind != name:
-            errors = list(_Validator(registered[kind]).iter_errors(entry))
+            own_schema = {"$defs": schema["$defs"], **registered[kind]}
+            errors = list(_Validator(own_schema).iter_errors(entry))
             if errors:
-                raise ParamsError(_describe(errors[0], source).replace(": <top level>", f": {where}"))
+                path = _key_path(errors[0])
+                inside = where if path == "<top level>" else f"{where}.{path}"
+                raise ParamsError(
+                    _describe(errors[0], source).replace(f"{source}: {path}", f"{source}: {inside}", 1)
+                )
         supplied = {"prediction", "total_steps"}  # the train stage adds these facts of the run
         unknown = sorted(set(entry) - set(accepted))
         missing = sorted(

@@ -1,0 +1,95 @@
+"""A strategy of the user's own, in one file of the study's folder, named in params.yaml by
+``kind: module:Class``, runs through the pipeline under both drivers: nothing in the library, the
+schema, the presets or the pipeline files changes.  Named variants of a registered strategy too."""
+
+import pytest
+import yaml
+
+from diffusion_curriculum.stages import params as stage_params
+
+from conftest import copy_pipeline, run_cli
+
+# What a user writes: one class in one file next to params.yaml.
+OWN_STRATEGY = '''
+import torch
+
+from diffusion_curriculum.timesteps import TimestepStrategy
+
+
+class HighNoiseFirstHalf(TimestepStrategy):
+    """Only the noisier half of the unit interval for the first `switch` steps, then all of it."""
+
+    name = "high_noise_first_half"
+
+    def __init__(self, schedule, intervals, switch: int = 10):
+        super().__init__(schedule, intervals)
+        self.switch, self.step = switch, 0
+
+    def before_step(self, step, optimizer):
+        self.step = step
+
+    def sample(self, batch, generator, device=None):
+        u = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
+        low = 0.5 if self.step < self.switch else 0.0
+        return self.schedule.from_unit(low + (1 - low) * u)
+'''
+TARGET = "results/metrics/{method}/seed0/step40.json"
+
+
+def _study(root, methods, strategies):
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["study"]["methods"] = methods
+    params["strategies"].update(strategies)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("driver", ["snakemake", "dvc"])
+def test_a_strategy_from_the_study_folder_runs_under_both_drivers(tmp_path, driver):
+    root = copy_pipeline(tmp_path / "pipeline")
+    (root / "my_strategies.py").write_text(OWN_STRATEGY)
+    _study(root, ["vanilla", "mine"], {"mine": {"kind": "my_strategies:HighNoiseFirstHalf", "switch": 20}})
+    if driver == "snakemake":
+        run_cli(["snakemake", "--cores", "2", TARGET.format(method="mine")], root)
+    else:
+        for args in (
+            ["git", "init", "-q"],
+            ["dvc", "init", "-q"],
+            ["dvc", "config", "core.analytics", "false"],
+        ):
+            run_cli(args, root)
+        run_cli(["dvc", "repro", "evaluate@mine-0-40"], root)
+    assert (root / TARGET.format(method="mine")).is_file()
+    log = yaml.safe_load((root / "live/train/mine/seed0/metrics.json").read_text())  # JSON is YAML
+    assert log["step"] == 40
+    summary = yaml.safe_load((root / "results/train/mine/seed0/summary.json").read_text())
+    assert summary["method"] == "mine" and summary["iterations"] == 40
+
+
+def test_named_variants_and_own_strategies_are_checked_before_any_job(tmp_path, monkeypatch):
+    root = copy_pipeline(tmp_path / "pipeline")
+    (root / "my_strategies.py").write_text(OWN_STRATEGY)
+    monkeypatch.syspath_prepend(root)  # where the stages run: the study's folder
+    dtd = yaml.safe_load((root / "params.yaml").read_text())["strategies"]["dtd"]
+    good = _study(root, ["vanilla", "dtd", "dtd_tau50"], {"dtd_tau50": {"kind": "dtd", **dtd, "tau_max": 50}})
+    stage_params.validate(good)
+
+    def error(methods, strategies) -> str:
+        params = yaml.safe_load(yaml.safe_dump(good))
+        params["study"]["methods"] = methods
+        params["strategies"].update(strategies)
+        with pytest.raises(stage_params.ParamsError) as info:
+            stage_params.validate(params, "study.yaml")
+        return str(info.value)
+
+    assert "strategies.dtd_tau50.tau_max" in error(
+        ["dtd_tau50"], {"dtd_tau50": {"kind": "dtd", **dtd, "tau_max": -1}}
+    )
+    assert "unknown argument(s) speed of 'my_strategies:HighNoiseFirstHalf'" in error(
+        ["own"], {"own": {"kind": "my_strategies:HighNoiseFirstHalf", "speed": 2}}
+    )
+    assert "strategies.x.kind: timestep strategy 'nowhere:X': cannot import 'nowhere'" in error(
+        ["x"], {"x": {"kind": "nowhere:X"}}
+    )
+    assert "study.methods names 'ghost', which has no entry under strategies" in error(["ghost"], {})
