@@ -2,32 +2,31 @@
 import os
 from pathlib import Path
 
-import yaml
-
 from diffusion_curriculum.stages import params as stage_params
 from diffusion_curriculum.stages._codedeps import stage_closure
 
 
 def _params_file():
-    """The params file the stages must read: params.yaml, or the one given with --configfile.
+    """The params file the stages read: params.yaml, or the one given with --configfile.
 
-    Snakemake merges every config source into one dict; the stages read a file.  So exactly one file
-    may define the configuration, and --config overrides (which no stage would see) are refused.
+    A file may hold only what differs from another one it `extends:` (presets extend params.yaml);
+    Snakemake's own merge does not follow that chain, so `config` is replaced by the composition the
+    stages will see.  --config overrides (which no stage would see) are refused.
     """
     given = [str(p) for p in workflow.overwrite_configfiles]
     if len(given) > 1:
         raise WorkflowError(
-            f"give at most one --configfile (got {given}); every file must hold the whole configuration"
+            f"give at most one --configfile (got {given}); a file can extend another with `extends:`"
+        )
+    if workflow.config_settings.config:
+        raise WorkflowError(
+            f"--config {dict(workflow.config_settings.config)} would not reach the stages, which read a "
+            "params file: put it in a file that `extends:` yours and pass that with --configfile"
         )
     path = given[0] if given else "params.yaml"
-    with open(path) as f:
-        on_disk = yaml.safe_load(f)
-    if on_disk != config:
-        raise WorkflowError(
-            f"the configuration differs from {path} (a --config override?); stages read {path} only, "
-            "so edit that file or pass another with --configfile"
-        )
-    stage_params.validate(config, source=path)
+    composed = stage_params.load(path)
+    config.clear()
+    config.update(composed)
     return path
 
 

@@ -3,14 +3,12 @@ report (HTML and Markdown), assembled from the tables, figures and findings."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 
 from .html import Image, Table
 from .stats import metric_label
-from .tables import markdown_table
+from .tables import describe_clusters, markdown_table
 
 FLOOR_NAME = "real data (floor)"
 
@@ -118,7 +116,7 @@ def report_sections(
         (
             "Curriculum clusters",
             [
-                f"Rule `{curriculum.get('rule')}`; chosen by {json.dumps(curriculum.get('chosen_by', {}))}.",
+                describe_clusters(curriculum.get("chosen_by") or {"rule": curriculum.get("rule")}),
                 Table(curriculum_view(curriculum)),
             ],
         ),

@@ -26,6 +26,7 @@ from diffusion_curriculum.io import atomic_path, atomic_write_json, atomic_write
 from diffusion_curriculum.report import findings as find
 from diffusion_curriculum.report import readings as read
 from diffusion_curriculum.report import study
+from diffusion_curriculum.report.provenance import collect_provenance, provenance_markdown
 
 from . import _cli, params
 
@@ -123,7 +124,9 @@ def main(argv: list[str] | None = None) -> None:
         baseline=baseline, confidence=confidence, num_seeds=n_seeds, final=final,
     )  # fmt: skip
     title = "diffusion-curriculum: " + " vs ".join(methods)
-    report.write_html_report(out / "report.html", title, sections)
+    # Provenance (commit, date, machine) only in the HTML page: the other outputs stay byte-stable.
+    provenance = provenance_markdown(collect_provenance(args.params))
+    report.write_html_report(out / "report.html", title, sections, intro=f"Provenance:\n{provenance}")
     report.write_markdown_report(out / "report.md", title, sections)
     print(f"aggregate: {len(methods)} methods x {n_seeds} seeds x {len(steps)} steps -> {out}")
 
