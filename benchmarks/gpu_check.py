@@ -598,10 +598,11 @@ def _ddp_rank(rank: int, world: int, backend: str, tmp: str, dry: bool) -> None:
 
 def slice_params(dry: bool) -> dict:
     """The pipeline slice's params file: configs/gpu_study.yaml cut to two minutes (smoke.yaml if dry)."""
-    import yaml
+
+    from diffusion_curriculum.stages.params import compose
 
     base = "smoke.yaml" if dry else "gpu_study.yaml"
-    cfg = yaml.safe_load((REPO / "configs" / base).read_text())
+    cfg = compose(REPO / "configs" / base)  # a preset holds only what differs from params.yaml
     cfg["study"].update(methods=["vanilla", "dtd"], seeds=[0])
     if dry:
         clusters, iterations = 2, cfg["train"]["iterations"]

@@ -19,7 +19,15 @@ else:
 
 
 def copy_pipeline(work: Path) -> Path:
-    """Copy the pipeline (code, rules, dvc.yaml) to ``work`` with the smoke configuration as params.yaml."""
+    """Copy the pipeline (code, rules, dvc.yaml) to ``work`` with the smoke configuration as params.yaml.
+
+    The presets extend ``../params.yaml``, the defaults; in the copy that file is the smoke run, so the
+    repository's defaults go beside it as ``defaults.yaml`` and the copied presets extend that instead.
+    """
+    import yaml
+
+    from diffusion_curriculum.stages import params
+
     work.mkdir(parents=True)
     for name in PIPELINE_FILES:
         src = REPO / name
@@ -27,7 +35,12 @@ def copy_pipeline(work: Path) -> Path:
             shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy2(src, work / name)
-    shutil.copy2(REPO / "configs" / "smoke.yaml", work / "params.yaml")
+    shutil.copy2(REPO / "params.yaml", work / "defaults.yaml")
+    for preset in (work / "configs").glob("*.yaml"):
+        text = preset.read_text()
+        preset.write_text(text.replace("\nextends: ../params.yaml\n", "\nextends: ../defaults.yaml\n"))
+    smoke = params.compose(work / "configs" / "smoke.yaml")
+    (work / "params.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
     return work
 
 

@@ -43,7 +43,7 @@ def test_the_pipeline_slice_is_a_valid_params_file(dry):
     params.validate(yaml.safe_load(yaml.safe_dump(cfg)), source="slice")
     assert cfg["study"] == {"methods": ["vanilla", "dtd"], "seeds": [0]}
     if not dry:
-        base = yaml.safe_load((REPO / "configs/gpu_study.yaml").read_text())
+        base = params.compose(REPO / "configs/gpu_study.yaml")
         assert cfg["model"] == base["model"] and cfg["train"]["batch_size"] == base["train"]["batch_size"]
         assert 100 <= cfg["train"]["iterations"] <= 1000
 

@@ -14,6 +14,7 @@ import yaml
 from PIL import Image
 
 from diffusion_curriculum.captions import CaptionEmbeddings, read_captions, write_captions
+from diffusion_curriculum.stages.params import compose
 
 from conftest import REPO, run_cli
 from tiny_vae import save_tiny_vae
@@ -54,8 +55,8 @@ def _captions(path):
 
 
 def _stand_in_config(pipeline):
-    cfg = yaml.safe_load((REPO / "configs" / "coco_t2i.yaml").read_text())
-    smoke = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+    cfg = compose(REPO / "configs" / "coco_t2i.yaml")
+    smoke = compose(REPO / "configs" / "smoke.yaml")
     cfg["study"] = {"methods": ["vanilla"], "seeds": [0]}
     cfg["data"].update(
         path="stand_in/images", captions_path="stand_in/captions.parquet", image_size=IMAGE_SIZE

@@ -4,7 +4,6 @@ the stages read.  A preset is switched with one command: ``snakemake --configfil
 """
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -67,7 +66,7 @@ def _expected_jobs(cfg: dict) -> dict[str, int]:
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_dry_runs_under_both_drivers(name, pipeline_dir):
     preset = f"configs/{name}.yaml"
-    cfg = yaml.safe_load((REPO / preset).read_text())
+    cfg = params.load(REPO / preset)
     expected = _expected_jobs(cfg)
 
     jobs = snakemake_jobs(pipeline_dir, "--configfile", preset)
@@ -77,16 +76,17 @@ def test_preset_dry_runs_under_both_drivers(name, pipeline_dir):
     counts = {rule: sum(job["rule"] == rule for job in jobs.values()) for rule in expected}
     assert counts == expected
 
-    # The documented DVC switch; DVC expands dvc.yaml's foreach stages from it.  The stage list is read
-    # in-process (what `dvc repro --dry` walks, without its 4-5 s of CLI start-up per preset).
-    shutil.copy2(REPO / preset, pipeline_dir / "params.yaml")
+    # The documented DVC switch (diffusion-curriculum compose PRESET -o params.yaml); DVC expands
+    # dvc.yaml's foreach stages from it.  The stage list is read in-process (what `dvc repro --dry`
+    # walks, without its 4-5 s of CLI start-up per preset).
+    params.write_composed(pipeline_dir / preset, pipeline_dir / "params.yaml")
     stages = [stage["rule"] for stage in dvc_stages(pipeline_dir).values()]
     assert {rule: stages.count(rule) for rule in expected} == expected
 
 
 def test_stages_read_the_configfile_snakemake_was_given(pipeline_dir):
     """Run prepare_data for real under a --configfile that differs from params.yaml in what it loads."""
-    custom = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+    custom = params.compose(REPO / "configs" / "smoke.yaml")
     custom["data"].update(source="sklearn_digits", max_images=123)
     (pipeline_dir / "configs" / "custom.yaml").write_text(yaml.safe_dump(custom))
     run_cli(
@@ -104,4 +104,4 @@ def test_a_config_override_that_no_stage_would_see_is_refused(pipeline_dir):
         check=False,
     )
     assert proc.returncode != 0
-    assert "stages read params.yaml only" in proc.stdout + proc.stderr
+    assert "would not reach the stages, which read a params file" in proc.stdout + proc.stderr

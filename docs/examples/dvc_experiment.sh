@@ -6,8 +6,9 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 work=${1:-$(mktemp -d)/pipeline}
 mkdir -p "$work"
-cp -r "$repo"/{Snakefile,dvc.yaml,workflow,stages,src,configs} "$work"/
-cp "$repo/configs/smoke.yaml" "$work/params.yaml"
+cp -r "$repo"/{Snakefile,dvc.yaml,workflow,src,configs,params.yaml} "$work"/
+diffusion-curriculum compose "$work/configs/smoke.yaml" -o "$work/params.yaml.smoke"
+mv "$work/params.yaml.smoke" "$work/params.yaml"
 cd "$work"
 git init -q && git config user.email "example@localhost" && git config user.name "example"
 dvc init -q && dvc config core.analytics false

@@ -4,6 +4,7 @@ run one.
     diffusion-curriculum                      # every stage, one line each
     diffusion-curriculum <stage> [options]    # the same as python -m diffusion_curriculum.stages.<stage>
     diffusion-curriculum <stage> --help       # the stage's options
+    diffusion-curriculum compose PRESET -o params.yaml   # a preset's complete parameters (for DVC)
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pkgutil
 import sys
 from pathlib import Path
 
-from . import _cli
+from . import _cli, params
 
 # Modules of this package that are not stages: the stage layer's own helpers.
 HELPERS = frozenset({"__main__", "_cli", "_codedeps", "params"})
@@ -39,7 +40,10 @@ def summary(stage: str) -> str:
 def listing() -> str:
     width = max(map(len, stage_names()))
     lines = [f"{name:<{width}}  {summary(name)}" for name in stage_names()]
-    usage = "usage: diffusion-curriculum <stage> [options]   (<stage> --help: its options)"
+    usage = (
+        "usage: diffusion-curriculum <stage> [options]   (<stage> --help: its options)\n"
+        "       diffusion-curriculum compose PRESET [-o OUT]   (a preset's complete parameters, for DVC)"
+    )
     return "\n".join([usage, "", "stages:", *(f"  {line}" for line in lines)])
 
 
@@ -49,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         print(listing())
         return 0
     stage, rest = argv[0], argv[1:]
+    if stage == "compose":
+        _cli.run(params.compose_main, rest)
+        return 0
     if stage not in stage_names():
         print(f"error: no stage {stage!r}\n\n{listing()}", file=sys.stderr)
         return 2

@@ -291,3 +291,23 @@ def resolve_bf16(precision: str, device: str) -> bool:
     # A private probe (torch.cpu has no public one); a torch without it gets the safe answer, fp32.
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(probe()) if probe is not None else False
+
+
+def compose_main(argv: list[str] | None = None) -> None:
+    """``diffusion-curriculum compose PRESET [-o OUT]``: the complete parameters a preset stands for."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(
+        prog="diffusion-curriculum compose",
+        description="Write the complete, validated parameters a params file stands for (following its "
+        "`extends:` chain): for DVC, which reads params.yaml key by key.",
+    )
+    ap.add_argument("preset", help="a params file, e.g. configs/smoke.yaml")
+    ap.add_argument("-o", "--out", default=None, help="file to write (default: print to stdout)")
+    args = ap.parse_args(argv)
+    if args.out is None:
+        params = load(args.preset)
+        sys.stdout.write(yaml.safe_dump(params, sort_keys=False))
+        return
+    print(f"compose: {args.preset} -> {write_composed(args.preset, args.out)}")
