@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from diffusion_curriculum.stages import params as stage_params
+from diffusion_curriculum.timesteps import check_strategy_entry
 
 from conftest import copy_pipeline, run_cli
 
@@ -83,13 +84,25 @@ def test_named_variants_and_own_strategies_are_checked_before_any_job(tmp_path, 
             stage_params.validate(params, "study.yaml")
         return str(info.value)
 
-    assert "strategies.dtd_tau50.tau_max" in error(
-        ["dtd_tau50"], {"dtd_tau50": {"kind": "dtd", **dtd, "tau_max": -1}}
-    )
-    assert "unknown argument(s) speed of 'my_strategies:HighNoiseFirstHalf'" in error(
-        ["own"], {"own": {"kind": "my_strategies:HighNoiseFirstHalf", "speed": 2}}
-    )
-    assert "strategies.x.kind: timestep strategy 'nowhere:X': cannot import 'nowhere'" in error(
-        ["x"], {"x": {"kind": "nowhere:X"}}
-    )
+    negative = {"dtd_tau50": {"kind": "dtd", **dtd, "tau_max": -1}}
+    assert "study.yaml: strategies.dtd_tau50.tau_max" in error(["dtd_tau50"], negative)
     assert "study.methods names 'ghost', which has no entry under strategies" in error(["ghost"], {})
+
+    def class_error(name, entry) -> str:
+        with pytest.raises(ValueError) as info:
+            check_strategy_entry(name, entry)
+        return str(info.value)
+
+    own = "my_strategies:HighNoiseFirstHalf"
+    assert "strategies.own: unknown argument(s) speed of" in class_error("own", {"kind": own, "speed": 2})
+    assert "strategies.x.kind: timestep strategy 'nowhere:X': cannot import" in class_error(
+        "x", {"kind": "nowhere:X"}
+    )
+    check_strategy_entry("dtd_tau50", good["strategies"]["dtd_tau50"])
+    # The Snakefile refuses the study before any job runs, naming the entry.
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["study"]["methods"] = ["vanilla", "x"]
+    params["strategies"]["x"] = {"kind": "nowhere:X"}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = run_cli(["snakemake", "-n", "--cores", "1"], root, check=False)
+    assert proc.returncode != 0 and "params.yaml: strategies.x.kind" in proc.stdout + proc.stderr

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from diffusion_curriculum.stages import params as stage_params
 from diffusion_curriculum.stages._codedeps import stage_closure
+from diffusion_curriculum.timesteps import check_strategy_entry
 
 
 def _params_file():
@@ -25,6 +26,11 @@ def _params_file():
         )
     path = given[0] if given else "params.yaml"
     composed = stage_params.load(path)
+    for method in composed["study"]["methods"]:
+        try:
+            check_strategy_entry(method, composed["strategies"][method])
+        except ValueError as err:
+            raise WorkflowError(f"{path}: {err}") from None
     config.clear()
     config.update(composed)
     return path

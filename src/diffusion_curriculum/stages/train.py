@@ -23,7 +23,7 @@ from diffusion_curriculum.gpu import pick_device
 from diffusion_curriculum.io import atomic_torch_save, atomic_write_json
 from diffusion_curriculum.live import LiveLog
 from diffusion_curriculum.models import count_parameters
-from diffusion_curriculum.timesteps import Intervals, make_strategy, strategy_parameters
+from diffusion_curriculum.timesteps import Intervals, check_strategy_entry, make_strategy, strategy_parameters
 from diffusion_curriculum.timesteps.curriculum import TRANSITION_COLUMNS
 from diffusion_curriculum.training import train_loop
 
@@ -116,6 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg["strategy"] = entry = cfg.pop("strategies")[args.method]
     # A named variant (strategies.dtd_tau50: {kind: dtd, ...}) or a strategy of the user's own
     # (kind: my_module:MyStrategy); without `kind` the entry's name is the registered strategy.
+    try:
+        check_strategy_entry(args.method, entry)
+    except ValueError as err:
+        raise params.ParamsError(f"{args.params}: {err}") from None
     kind = entry.get("kind", args.method)
     strategy_params = {key: value for key, value in entry.items() if key != "kind"}
     facts = with_run_facts(kind, strategy_params, diff["prediction"], train_cfg["iterations"])

@@ -59,6 +59,7 @@ __all__ = [
     "EDMLogNormal",
     "STRATEGIES",
     "make_strategy",
+    "check_strategy_entry",
     "strategy_class",
     "strategy_parameters",
 ]
@@ -134,3 +135,30 @@ def make_strategy(kind: str, schedule: NoiseSchedule, intervals: Intervals, **pa
             f"timestep strategy {kind!r}: {'; '.join(problems)}; accepted: {sorted(accepted) or 'none'}"
         )
     return cls(schedule, intervals, **params)
+
+
+# Facts of the run the train stage passes to the strategies that take them (not written in their entry).
+RUN_FACTS = ("prediction", "total_steps")
+
+
+def check_strategy_entry(name: str, entry: dict) -> None:
+    """Check a params file's ``strategies.<name>`` entry: its ``kind`` (``name`` when absent) names a
+    strategy class, and the entry holds exactly the arguments that class takes (less :data:`RUN_FACTS`).
+    Raises ValueError naming ``strategies.<name>``."""
+    arguments = dict(entry)
+    kind = arguments.pop("kind", name)
+    where = f"strategies.{name}"
+    try:
+        accepted = strategy_parameters(kind)
+    except ValueError as err:
+        raise ValueError(f"{where}.kind: {err}") from None
+    unknown = sorted(set(arguments) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown argument(s) {', '.join(unknown)} of {kind!r} "
+            f"(it takes: {', '.join(sorted(accepted)) or 'none'})"
+        )
+    required = {k for k, v in accepted.items() if v is inspect.Parameter.empty}
+    missing = sorted(required - set(arguments) - set(RUN_FACTS))
+    if missing:
+        raise ValueError(f"{where}: missing argument(s) {', '.join(missing)} of {kind!r}")
