@@ -231,3 +231,16 @@ def test_a_params_path_with_spaces_quotes_and_a_command_reaches_the_stage_intact
     run_cli(["snakemake", "data/prepared/manifest.json", "--cores", "1", "--configfile", odd], pipeline_dir)
     assert json.loads((pipeline_dir / "data/prepared/manifest.json").read_text())["count"] == 123
     assert not list(pipeline_dir.rglob("PWNED"))
+
+
+def test_dvc_plots_show_returns_every_declared_plot(smoke_dvc_run):
+    """`dvc plots show --json` on a finished run renders each plot dvc.yaml declares, without errors, with
+    one line per method (and the real-data floor) in the FID curve."""
+    declared = {
+        next(iter(entry)) for entry in yaml.safe_load((smoke_dvc_run / "dvc.yaml").read_text())["plots"]
+    }
+    shown = json.loads(run_cli(["dvc", "plots", "show", "--json"], smoke_dvc_run).stdout)
+    assert not shown.get("errors"), shown.get("errors")
+    assert set(shown["data"]) == declared and len(declared) == 4
+    fid = next(v for k, v in shown["data"].items() if k.startswith("FID"))[0]["content"]["data"]["values"]
+    assert {row["series"] for row in fid} == {"vanilla", "dtd", "real data (floor)"}

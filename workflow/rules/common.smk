@@ -41,6 +41,8 @@ def _params_file():
 # passed as a Path, which Snakemake's params trigger does not record (it compares builtin values only).
 PARAMS_FILE = Path(_params_file())
 METHODS = config["study"]["methods"]
+# The CSVs behind dvc.yaml's plots (aggregate writes them into results/report/plots/).
+PLOT_TABLES = ("fid", "class_agreement", "kl", "loss_per_interval")
 SEEDS = config["study"]["seeds"]
 SNAPSHOTS = config["train"]["snapshots"]
 

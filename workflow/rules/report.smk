@@ -66,6 +66,7 @@ rule aggregate:
         ),
         html=f"{REPORT_DIR}/report.html",
         markdown=f"{REPORT_DIR}/report.md",
+        plot_tables=expand(f"{REPORT_DIR}/plots/{{name}}.csv", name=PLOT_TABLES),
     log:
         "logs/aggregate.log",
     conda:

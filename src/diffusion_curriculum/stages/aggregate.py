@@ -11,6 +11,8 @@ study's outputs (KL curve, convergence table, stitched experts) and the curricul
   grid per method beside real images), ``loss_bins.png``, ``curriculum_timeline.png``, ``kl.png`` (both
   estimators and the mixture estimator's null), ``convergence.png``;
 * ``findings.md``: what the observational study found here, in sentences computed from the data;
+* ``plots/*.csv``: FID and class agreement versus iterations, both KL curves, the baseline's loss per
+  interval, as long tables (x, series, y) for ``dvc plots show`` (``dvc.yaml``'s ``plots:``);
 * ``report.html``: all of it in one self-contained file (no network needed to view it) and
   ``report.md``, the same with the figures linked.
 
@@ -26,6 +28,12 @@ from diffusion_curriculum.io import atomic_path, atomic_write_json, atomic_write
 from diffusion_curriculum.report import findings as find
 from diffusion_curriculum.report import readings as read
 from diffusion_curriculum.report import study
+from diffusion_curriculum.report.plot_tables import (
+    kl_curves,
+    loss_per_interval,
+    metric_curves,
+    write_plot_tables,
+)
 from diffusion_curriculum.report.provenance import collect_provenance, provenance_markdown
 
 from . import _cli, params
@@ -93,6 +101,14 @@ def main(argv: list[str] | None = None) -> None:
         "kl": report.plot_kl(kl, out / "kl.png", score=kl_score),
         "convergence": report.plot_convergence(convergence, out / "convergence.png"),
     }  # fmt: skip
+    write_plot_tables(
+        {
+            **{m: metric_curves(metrics, m, floor.get(m)) for m in CURVE_METRICS},
+            "kl": kl_curves(kl, kl_score),
+            "loss_per_interval": loss_per_interval(runs["loss_bins"], baseline),
+        },
+        out / "plots",
+    )
 
     base = cfg["experts"]["stitch_base"]
     base_metrics = read.run_metrics(metrics, base["method"], base["seed"], final)
