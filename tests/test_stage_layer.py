@@ -160,3 +160,25 @@ def test_an_installed_copy_ships_the_schema_and_no_top_level_stages(tmp_path):
     )
     assert shown.returncode == 0, shown.stderr
     assert Path(shown.stdout.strip()) == target / "diffusion_curriculum" / "stages" / "params.schema.yaml"
+
+
+def test_a_stage_ends_with_the_files_it_wrote(tmp_path, capsys, monkeypatch):
+    from diffusion_curriculum.stages import _cli, prepare_data
+
+    monkeypatch.chdir(tmp_path)
+    smoke = str(Path(__file__).resolve().parent.parent / "configs" / "smoke.yaml")
+    _cli.run(prepare_data.main, ["--params", smoke, "--out-dir", "data/prepared"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("prepare_data wrote 3 file(s): ")
+    assert {"data/prepared/train.parquet", "data/prepared/manifest.json"} <= set(
+        last.split(": ", 1)[1].split(", ")
+    )
+
+
+def test_pipeline_outputs_are_ignored_by_git():
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    paths = ["data/prepared/train.parquet", "results/report/report.html", "live/train/dtd/seed0/metrics.json"]
+    ignored = subprocess.run(["git", "check-ignore", *paths], cwd=repo, capture_output=True, text=True)
+    assert ignored.stdout.split() == paths

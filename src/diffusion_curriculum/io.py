@@ -34,6 +34,7 @@ __all__ = [
     "read_torch",
     "require_file",
     "atomic_path",
+    "written_paths",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -46,6 +47,8 @@ __all__ = [
 # A fixed member time for zip archives (.npz): the zip default is the wall clock, which makes two
 # identical saves differ and every downstream job look out of date to DVC.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+# Targets written by this process, for the line a stage ends with (written_paths).
+_WRITTEN: list[Path] = []
 
 
 def _reason(err: BaseException) -> str:
@@ -155,10 +158,21 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
+        _WRITTEN.append(target)
     except BaseException:
         # BaseException so that KeyboardInterrupt / SystemExit also clean up the partial file.
         tmp.unlink(missing_ok=True)
         raise
+
+
+def written_paths() -> list[Path]:
+    """Every file this process wrote through :func:`atomic_path` that still exists, in order, once each
+    (a stage's resumable checkpoint, deleted when it finishes, drops out)."""
+    seen: dict[Path, None] = {}
+    for path in _WRITTEN:
+        if path.exists():
+            seen.setdefault(path, None)
+    return list(seen)
 
 
 def atomic_write(path: str | os.PathLike[str], write_fn: Callable[[Path], Any]) -> Path:

@@ -8,6 +8,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from diffusion_curriculum.errors import InputFileError, SettingError, TrainingDiverged
 
@@ -81,3 +82,16 @@ def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    _report_written(main)
+
+
+def _report_written(main: Callable) -> None:
+    # Every stage ends its log with the files it wrote, relative to where it ran.
+    from diffusion_curriculum.io import written_paths
+
+    here = Path.cwd()
+    paths = [str(p.relative_to(here)) if p.is_relative_to(here) else str(p) for p in written_paths()]
+    stage = getattr(main, "__module__", "stage").rsplit(".", 1)[-1]
+    # On stderr, so that a command printing its result (compose) keeps stdout clean.
+    sys.stdout.flush()
+    print(f"{stage} wrote {len(paths)} file(s): {', '.join(paths) if paths else 'none'}", file=sys.stderr)
