@@ -91,7 +91,9 @@ def _report_written(main: Callable) -> None:
 
     here = Path.cwd()
     paths = [str(p.relative_to(here)) if p.is_relative_to(here) else str(p) for p in written_paths()]
-    stage = getattr(main, "__module__", "stage").rsplit(".", 1)[-1]
+    module = sys.modules.get(getattr(main, "__module__", ""))
+    spec = getattr(module, "__spec__", None)  # run with `python -m`, the module is __main__
+    stage = (spec.name if spec else getattr(main, "__module__", "stage")).rsplit(".", 1)[-1]
     # On stderr, so that a command printing its result (compose) keeps stdout clean.
     sys.stdout.flush()
     print(f"{stage} wrote {len(paths)} file(s): {', '.join(paths) if paths else 'none'}", file=sys.stderr)
