@@ -244,3 +244,13 @@ def test_dvc_plots_show_returns_every_declared_plot(smoke_dvc_run):
     assert set(shown["data"]) == declared and len(declared) == 4
     fid = next(v for k, v in shown["data"].items() if k.startswith("FID"))[0]["content"]["data"]["values"]
     assert {row["series"] for row in fid} == {"vanilla", "dtd", "real data (floor)"}
+
+
+def test_dvc_metrics_show_loads_every_metrics_file(smoke_dvc_run):
+    """Every declared metrics file loads (no "failed to load some metrics"), one row per file."""
+    proc = run_cli(["dvc", "metrics", "show", "--md"], smoke_dvc_run)
+    output = proc.stdout + proc.stderr
+    assert "failed" not in output.lower() and "error" not in output.lower(), output[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| results/")]
+    assert len(rows) == len({row.split("|")[1].strip() for row in rows}) > 10
+    assert any(row.startswith("| results/report/metrics.json") for row in rows)
