@@ -116,6 +116,10 @@ def _check_report(root):
         assert f"({name}.png)" in (out / "report.md").read_text()
     assert html.count("data:image/png;base64,") == len(REPORT_FIGURES)
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), "the report must not load anything"
+    # Where it came from (commit, params file and hash, versions), and findings' bullets as lists.
+    assert "Provenance:" in html and "params file: <code>params.yaml</code>" in html and "torch " in html
+    assert "<ul><li>class agreement:" in html
+    assert "Equal cells of the unit interval (the paper)" in html  # the clusters' choice in words
 
 
 def test_snakemake_runs_the_smoke_pipeline_and_then_has_nothing_to_do(smoke_snakemake_run):
