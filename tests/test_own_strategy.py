@@ -2,6 +2,8 @@
 ``kind: module:Class``, runs through the pipeline under both drivers: nothing in the library, the
 schema, the presets or the pipeline files changes.  Named variants of a registered strategy too."""
 
+import sys
+
 import pytest
 import yaml
 
@@ -71,6 +73,7 @@ def test_a_strategy_from_the_study_folder_runs_under_both_drivers(tmp_path, driv
 def test_named_variants_and_own_strategies_are_checked_before_any_job(tmp_path, monkeypatch):
     root = copy_pipeline(tmp_path / "pipeline")
     (root / "my_strategies.py").write_text(OWN_STRATEGY)
+    monkeypatch.delitem(sys.modules, "my_strategies", raising=False)
     monkeypatch.syspath_prepend(root)  # where the stages run: the study's folder
     dtd = yaml.safe_load((root / "params.yaml").read_text())["strategies"]["dtd"]
     good = _study(root, ["vanilla", "dtd", "dtd_tau50"], {"dtd_tau50": {"kind": "dtd", **dtd, "tau_max": 50}})

@@ -67,7 +67,8 @@ def slurm_python(tmp_path_factory) -> Path:
     """An interpreter that sees the test interpreter's packages plus the `slurm` extra of pyproject.toml.
 
     ``venv --system-site-packages`` made from a venv's python would see the base interpreter's packages,
-    not the venv's; a ``.pth`` file naming the venv's site-packages does.  pip then installs only what the
+    not the venv's; a ``.pth`` file adding the venv's site-packages (with their own ``.pth`` files)
+    does.  pip then installs only what the
     venv lacks, into the new environment.
     """
     env_dir = tmp_path_factory.mktemp("venv-slurm")
@@ -78,7 +79,10 @@ def slurm_python(tmp_path_factory) -> Path:
         capture_output=True, text=True, check=True, timeout=60,
     ).stdout.strip()  # fmt: skip
     paths = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
-    (Path(own_site) / "_test_interpreter.pth").write_text("\n".join(paths) + "\n")
+    # addsitedir, not a bare path: the venv's own .pth files (the editable install of this package) must
+    # be processed too, and a bare path line adds the folder without reading the .pth files in it.
+    lines = [f"import site; site.addsitedir({path!r})" for path in paths]
+    (Path(own_site) / "_test_interpreter.pth").write_text("\n".join(lines) + "\n")
     extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["slurm"]
     proc = subprocess.run(
         [str(python), "-m", "pip", "install", "-q", *extra], capture_output=True, text=True, timeout=300

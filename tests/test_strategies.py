@@ -5,6 +5,7 @@ import inspect
 import io
 import math
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -784,31 +785,33 @@ class NotAStrategy:
 
 
 def test_a_strategy_from_outside_the_package_is_built_by_module_and_class(tmp_path, monkeypatch):
-    (tmp_path / "my_strategies.py").write_text(EXTERNAL)
+    monkeypatch.delitem(sys.modules, "outside_strategies", raising=False)
+    (tmp_path / "outside_strategies.py").write_text(EXTERNAL)
     monkeypatch.syspath_prepend(tmp_path)
     schedule = make_schedule("vp")
-    strategy = make_strategy("my_strategies:HighNoiseOnly", schedule, Intervals.uniform(4), low=0.75)
+    strategy = make_strategy("outside_strategies:HighNoiseOnly", schedule, Intervals.uniform(4), low=0.75)
     t = strategy.sample(4000, torch.Generator().manual_seed(0))
     assert t.min() >= 740 and t.max() <= 999  # u >= 0.75 on the 1000-step VP schedule
-    assert strategy_parameters("my_strategies:HighNoiseOnly") == {"low": 0.5}
+    assert strategy_parameters("outside_strategies:HighNoiseOnly") == {"low": 0.5}
 
 
 @pytest.mark.parametrize(
     ("kind", "problem"),
     [
         ("nowhere_module:X", "cannot import 'nowhere_module'"),
-        ("my_strategies:Missing", "my_strategies has no 'Missing'"),
+        ("outside_strategies:Missing", "outside_strategies has no 'Missing'"),
         (
-            "my_strategies:NotAStrategy",
+            "outside_strategies:NotAStrategy",
             "is not a subclass of diffusion_curriculum.timesteps.TimestepStrategy",
         ),
-        ("my_strategies:NoSample", "does not implement sample"),
-        ("my_strategies:", "write 'module:Class'"),
+        ("outside_strategies:NoSample", "does not implement sample"),
+        ("outside_strategies:", "write 'module:Class'"),
         ("no_such_name", "unknown timestep strategy 'no_such_name'"),
     ],
 )
 def test_a_bad_strategy_kind_is_named(tmp_path, monkeypatch, kind, problem):
-    (tmp_path / "my_strategies.py").write_text(EXTERNAL)
+    monkeypatch.delitem(sys.modules, "outside_strategies", raising=False)
+    (tmp_path / "outside_strategies.py").write_text(EXTERNAL)
     monkeypatch.syspath_prepend(tmp_path)
     with pytest.raises(ValueError, match=re.escape(problem)):
         make_strategy(kind, make_schedule("vp"), Intervals.uniform(4))

@@ -34,6 +34,7 @@ __all__ = [
     "read_torch",
     "require_file",
     "atomic_path",
+    "written_count",
     "written_paths",
     "atomic_write",
     "atomic_write_bytes",
@@ -165,11 +166,17 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def written_paths() -> list[Path]:
-    """Every file this process wrote through :func:`atomic_path` that still exists, in order, once each
-    (a stage's resumable checkpoint, deleted when it finishes, drops out)."""
+def written_count() -> int:
+    """How many writes :func:`atomic_path` has completed in this process (a mark for
+    :func:`written_paths`)."""
+    return len(_WRITTEN)
+
+
+def written_paths(since: int = 0) -> list[Path]:
+    """Every file this process wrote through :func:`atomic_path` (after the mark ``since``) that still
+    exists, in order, once each (a stage's resumable checkpoint, deleted when it finishes, drops out)."""
     seen: dict[Path, None] = {}
-    for path in _WRITTEN:
+    for path in _WRITTEN[since:]:
         if path.exists():
             seen.setdefault(path, None)
     return list(seen)

@@ -74,6 +74,9 @@ USER_ERRORS = (ParamsError, SettingError, InputFileError, FileNotFoundError, Tra
 def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
     """Run a stage; a bad parameter or input file, or a diverged run, ends it with one clear line and exit
     status 2."""
+    from diffusion_curriculum.io import written_count
+
+    mark = written_count()
     try:
         budget = argparse.ArgumentParser(add_help=False)
         budget.add_argument("--threads", type=int, default=0)
@@ -82,15 +85,15 @@ def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    _report_written(main)
+    _report_written(main, mark)
 
 
-def _report_written(main: Callable) -> None:
+def _report_written(main: Callable, mark: int) -> None:
     # Every stage ends its log with the files it wrote, relative to where it ran.
     from diffusion_curriculum.io import written_paths
 
     here = Path.cwd()
-    paths = [str(p.relative_to(here)) if p.is_relative_to(here) else str(p) for p in written_paths()]
+    paths = [str(p.relative_to(here)) if p.is_relative_to(here) else str(p) for p in written_paths(mark)]
     module = sys.modules.get(getattr(main, "__module__", ""))
     spec = getattr(module, "__spec__", None)  # run with `python -m`, the module is __main__
     stage = (spec.name if spec else getattr(main, "__module__", "stage")).rsplit(".", 1)[-1]
