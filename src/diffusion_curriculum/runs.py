@@ -110,6 +110,17 @@ def start_data_parallel(device: str) -> tuple[int, str]:
     return dist.get_rank(), (f"cuda:{local}" if device.startswith("cuda") else device)
 
 
+def leave_data_parallel() -> None:
+    """Leave the process group together: every rank waits for the others, then tears the group down.  A
+    rank that exits with a live gloo group can abort the interpreter ("terminate called without an
+    active exception") while another rank still uses it."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 class Snapshots:
     """The model files of a run's snapshot steps.  They wait beside the checkpoint until the run
     completes (a failed job's outputs are deleted by the workflow manager, the checkpoint directory is

@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
         on_log=LiveLog(args.live_dir) if args.live_dir and not rank else None,
     )
     elapsed = time.perf_counter() - started
+    if rank is not None:
+        runs.leave_data_parallel()
     if not result.completed:
         print(
             f"train[{args.method}, seed {args.seed}]: {stop.signal} at step {result.step}; "
