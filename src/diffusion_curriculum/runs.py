@@ -48,6 +48,18 @@ class TrainingSetup:
             self.conditioning.to(device)
         return self
 
+    def loop_inputs(self) -> dict:
+        """``train_loop``'s arguments that this set-up decides: the network, its schedule and target, the
+        images and their conditions."""
+        return {
+            "net": self.net,
+            "schedule": self.schedule,
+            "prediction": self.prediction,
+            "images": self.images,
+            "labels": self.conditioning.labels,
+            "condition_image": self.conditioning.condition_image,
+        }
+
     def model_file(self, *, method: str, seed: int, step: int, net, ema, **extra) -> dict:
         return model_file(
             arch=self.arch,

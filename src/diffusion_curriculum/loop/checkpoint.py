@@ -7,7 +7,6 @@ far, so a run stopped at step k and resumed ends bitwise equal to an uninterrupt
 
 from __future__ import annotations
 
-import pickle
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -16,24 +15,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import TrainingDiverged
-from ..io import atomic_torch_save
+from ..errors import InputFileError, TrainingDiverged
+from ..io import atomic_torch_save, read_torch
 from ..timesteps import TimestepStrategy
 from .losslog import LossLog
 from .step import Trainable
 
 CHECKPOINT_NAME = "checkpoint.pt"
-# What torch.load raises on a truncated, empty or foreign file (pickle, zip and stream-reader errors).
-UNREADABLE = (
-    pickle.UnpicklingError,
-    EOFError,
-    RuntimeError,
-    ValueError,
-    OSError,
-    AttributeError,
-    ImportError,
-    IndexError,
-)
 
 
 def read_checkpoint(path: Path, device: torch.device, stacklevel: int = 2) -> dict | None:
@@ -44,17 +32,15 @@ def read_checkpoint(path: Path, device: torch.device, stacklevel: int = 2) -> di
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = read_torch(path, map_location=device)
         if not isinstance(state, dict) or "step" not in state or "fingerprint" not in state:
-            raise ValueError("not a training checkpoint (no step or fingerprint)")
-    except UNREADABLE as err:
+            raise InputFileError(path, "not a training checkpoint (no step or fingerprint)")
+    except InputFileError as err:
         aside = path.with_name(f"{path.name}.unreadable")
         path.replace(aside)
-        # torch's own first lines are long advice about weights_only, not about the file
-        first = str(err).splitlines()[0] if str(err) else ""
-        reason = f"{type(err).__name__}: {first}" if 0 < len(first) <= 100 else type(err).__name__
         warnings.warn(
-            f"{path}: unreadable checkpoint ({reason}); moved to {aside.name}, training starts from step 0",
+            f"{path}: unreadable checkpoint ({err.problem}); moved to {aside.name}, training starts from "
+            "step 0",
             RuntimeWarning,
             stacklevel=stacklevel + 1,
         )

@@ -140,14 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     snapshots = runs.Snapshots(args.checkpoint_dir, model_record)
     started = time.perf_counter()
     result = train_loop(
-        net=setup.net,
-        schedule=setup.schedule,
-        prediction=diff["prediction"],
+        **setup.loop_inputs(),
         strategy=strategy,
         intervals=intervals,
-        images=setup.images,
-        labels=setup.conditioning.labels,
-        condition_image=setup.conditioning.condition_image,
         run_dir=args.checkpoint_dir,
         **{key: train_cfg[key] for key in LOOP_KEYS},
         adam_betas=(train_cfg["adam_beta1"], train_cfg["adam_beta2"]),

@@ -59,14 +59,9 @@ def main(argv: list[str] | None = None) -> None:
 
     started = time.perf_counter()
     result = train_loop(
-        net=setup.net,
-        schedule=setup.schedule,
-        prediction=diff["prediction"],
+        **setup.loop_inputs(),
         strategy=strategy,
         intervals=intervals,
-        images=setup.images,
-        labels=setup.conditioning.labels,
-        condition_image=setup.conditioning.condition_image,
         run_dir=args.checkpoint_dir,
         iterations=experts["iterations"],
         batch_size=experts["batch_size"],
