@@ -79,4 +79,27 @@ def sections(*keys):
     return values
 
 
+def difficulty_signal(wildcards):
+    """The one measurement cluster_difficulty reads, or none: with `curriculum.rule` uniform, snr or
+    edm_quantile and `order: paper` the clusters depend on no measurement, so the experts and the KL
+    curves can be rerun (a longer observational study) without retraining every method.  dvc.yaml's
+    graph is static and lists all three."""
+    cur = config["curriculum"]
+    if cur["rule"] != "difficulty" and cur["order"] != "measured":
+        return {}
+    if cur["difficulty_signal"] == "convergence":
+        return {"convergence": "results/convergence/convergence.parquet"}
+    if config["kl"]["estimator"] == "score":
+        return {"kl_score": "results/kl/kl_score.parquet"}
+    return {"kl": "results/kl/kl.parquet"}
+
+
+def signal_arguments(wildcards, input):
+    return " ".join(
+        f"--{name.replace('_', '-')} {input[name]}"
+        for name in ("kl", "kl_score", "convergence")
+        if name in input.keys()
+    )
+
+
 PIPELINE_ENV = "../envs/pipeline.yaml"

@@ -113,9 +113,7 @@ rule estimate_kl_score:
 
 rule cluster_difficulty:
     input:
-        kl="results/kl/kl.parquet",
-        kl_score="results/kl/kl_score.parquet",
-        convergence="results/convergence/convergence.parquet",
+        unpack(difficulty_signal),
         code=code("cluster_difficulty"),
     output:
         curriculum="results/curriculum/curriculum.json",
@@ -127,10 +125,10 @@ rule cluster_difficulty:
     params:
         file=PARAMS_FILE,
         sections=sections("diffusion", "curriculum", "kl.estimator"),
+        signal=signal_arguments,
     shell:
-        "python -m diffusion_curriculum.stages.cluster_difficulty --params {params.file:q} --threads {threads} --kl {input.kl}"
-        " --kl-score {input.kl_score}"
-        " --convergence {input.convergence} --out {output.curriculum} > {log} 2>&1"
+        "python -m diffusion_curriculum.stages.cluster_difficulty --params {params.file:q} --threads {threads} {params.signal}"
+        " --out {output.curriculum} > {log} 2>&1"
 
 
 rule stitch_sample:

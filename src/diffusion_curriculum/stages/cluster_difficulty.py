@@ -11,6 +11,7 @@ and how they were chosen; the train stage reads it.
 from __future__ import annotations
 
 from diffusion_curriculum import difficulty
+from diffusion_curriculum.errors import SettingError
 from diffusion_curriculum.io import atomic_write_json, read_parquet_frame
 from diffusion_curriculum.schedules import make_schedule
 
@@ -19,9 +20,10 @@ from . import _cli, params
 
 def main(argv: list[str] | None = None) -> None:
     ap = _cli.parser("cluster_difficulty", __doc__)
-    ap.add_argument("--kl", required=True, help="kl.parquet written by estimate_kl")
-    ap.add_argument("--kl-score", required=True, help="kl_score.parquet written by estimate_kl_score")
-    ap.add_argument("--convergence", required=True, help="convergence.parquet written by convergence")
+    # Only the measurement the rule reads is needed (uniform / snr / edm_quantile with order paper read none).
+    ap.add_argument("--kl", help="kl.parquet written by estimate_kl")
+    ap.add_argument("--kl-score", help="kl_score.parquet written by estimate_kl_score")
+    ap.add_argument("--convergence", help="convergence.parquet written by convergence")
     ap.add_argument("--out", required=True, help="curriculum.json to write")
     args = ap.parse_args(argv)
     cfg = params.sections(args.params, "diffusion", "curriculum", "kl")
@@ -34,6 +36,14 @@ def main(argv: list[str] | None = None) -> None:
     if uses_signal:
         kl_table = args.kl_score if estimator == "score" else args.kl
         source = kl_table if cur["difficulty_signal"] == "kl" else args.convergence
+        if source is None:
+            flag = {"kl": "--kl-score" if estimator == "score" else "--kl"}.get(
+                cur["difficulty_signal"], "--convergence"
+            )
+            raise SettingError(
+                f"curriculum.rule {cur['rule']!r} with order {cur['order']!r} reads the "
+                f"{cur['difficulty_signal']} signal: pass {flag}"
+            )
         column = "kl" if cur["difficulty_signal"] == "kl" else cur["convergence_measure"]
         signal = read_parquet_frame(source, hint="the difficulty signal", columns=(column,))
         how |= {"signal": cur["difficulty_signal"], "column": column, "source": str(source)}
