@@ -105,3 +105,57 @@ def test_a_config_override_that_no_stage_would_see_is_refused(pipeline_dir):
     )
     assert proc.returncode != 0
     assert "would not reach the stages, which read a params file" in proc.stdout + proc.stderr
+
+
+def test_the_cpu_study_holds_the_settings_fixed_before_it_ran():
+    """docs/DECISIONS.md "The CPU study": the methods, the power, dtd's patience scaled by its rule, and
+    a sample count that the held-out split can match with a floor and a disjoint reference."""
+    cfg = params.load(REPO / "configs" / "cpu_study.yaml")
+    methods = cfg["study"]["methods"]
+    assert {"vanilla", "dtd", "naive_cl", "anti_cl"} <= set(methods)
+    assert len(set(methods) & {"clts", "speed", "min_snr", "logit_normal"}) >= 2
+    assert len(cfg["study"]["seeds"]) >= 5 and len(cfg["train"]["snapshots"]) >= 5
+    iterations = cfg["train"]["iterations"]
+    for method in ("dtd", "anti_cl"):
+        assert cfg["strategies"][method]["tau_max"] == max(1, round(200 * iterations / 100_000))
+    stitched = cfg["experts"]["stitch_intervals"]
+    assert len(stitched) >= 8 and min(stitched) == 1 and max(stitched) == cfg["curriculum"]["num_clusters"]
+    held_out = int(5000 * cfg["features"]["domain"]["test_fraction"])
+    assert held_out >= 2 * cfg["sample"]["num_samples"]  # floor and reference statistics, disjoint
+    assert cfg["kl"]["score"]["source"] == "experts"  # both KL estimators run
+
+
+def _dag(root: Path, config: str) -> dict[tuple, frozenset]:
+    """(rule, outputs) -> inputs of every job of the full DAG under ``config``."""
+    jobs = snakemake_jobs(root, "--configfile", config).values()
+    return {(job["rule"], frozenset(job["outputs"])): frozenset(job["inputs"]) for job in jobs}
+
+
+@pytest.mark.parametrize("grow", ["seed", "method"])
+def test_the_cpu_study_grows_by_its_own_jobs(pipeline_dir, tmp_path, grow):
+    """Adding a seed or a method to the study adds exactly that run's train, sample and evaluate jobs;
+    every other job keeps its inputs (and reads no `study` key), except the report.  That no finished
+    job then reruns is what tests/test_rerun.py checks on a real run under both drivers."""
+    preset = "configs/cpu_study.yaml"
+    cfg = params.compose(pipeline_dir / preset)
+    study, steps = cfg["study"], cfg["train"]["snapshots"]
+    if grow == "seed":
+        study = {**study, "seeds": [*study["seeds"], 5]}
+        new_runs = [f"{m}/seed5/" for m in study["methods"]]
+    else:
+        study = {**study, "methods": [*study["methods"], "min_snr"]}
+        new_runs = [f"min_snr/seed{s}/" for s in study["seeds"]]
+    grown = tmp_path / "grown.yaml"
+    grown.write_text(yaml.safe_dump(dict(cfg, study=study), sort_keys=False))
+
+    before, after = _dag(pipeline_dir, preset), _dag(pipeline_dir, str(grown))
+    added = set(after) - set(before)
+    assert set(before) <= set(after)
+    assert all(any(run in out for out in outputs for run in new_runs) for _, outputs in added)
+    runs = len(new_runs)
+    assert sorted(rule for rule, _ in added) == sorted(
+        ["train"] * runs + ["sample"] * runs * len(steps) + ["evaluate"] * runs * len(steps)
+    )
+    assert {key[0] for key, inputs in before.items() if after[key] != inputs} == {"aggregate"}
+    readers = {f.name for f in (REPO / "workflow" / "rules").glob("*.smk") if '"study' in f.read_text()}
+    assert readers == {"report.smk"}  # the only rule whose params trigger sees the grid

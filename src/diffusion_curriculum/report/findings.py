@@ -10,7 +10,14 @@ import numpy as np
 import pandas as pd
 
 from ..difficulty import NOT_CONVERGED, convergence_trend
-from .stats import LowNoiseContrast, low_noise_contrast, metric_label
+from .stats import (
+    SIGNIFICANCE,
+    Comparison,
+    LowNoiseContrast,
+    better_direction,
+    low_noise_contrast,
+    metric_label,
+)
 
 # Fraction of the timesteps, from the low-noise end, compared with the rest in the KL finding.
 LOW_NOISE_FRACTION = 0.1
@@ -134,6 +141,45 @@ def separation(
     return lines
 
 
+def comparison_finding(
+    tests: pd.DataFrame, detectable: pd.DataFrame, baseline: str, alpha: float = 0.05
+) -> list[str]:
+    """Which methods differ from the baseline, metric by metric: the paired t test over seeds with
+    Holm's correction over the methods (:func:`~diffusion_curriculum.report.stats.paired_tests`); where
+    none does, the difference this study could have detected, so that "no difference" is read as "none
+    larger than this"."""
+    mdd = detectable.set_index("metric")["mdd"] if len(detectable) else pd.Series(dtype=float)
+    lines = []
+    for metric, rows in tests.groupby("metric", sort=False):
+        label = metric_label(metric)
+        hits = rows[rows["significant"]]
+        detectable_text = (
+            f"at this power a difference must be about {mdd[metric]:.3g} or larger to be found (80% power)"
+            if metric in mdd.index and math.isfinite(mdd[metric])
+            else "no detectable difference could be computed"
+        )
+        if hits.empty:
+            lines.append(f"- {label}: no method differs from `{baseline}` (Holm-adjusted p ≥ {alpha:g}); "
+                         f"{detectable_text}.")  # fmt: skip
+            continue
+        lower = better_direction(metric) == "lower"
+        parts = []
+        for r in hits.itertuples():
+            better = (r.diff_mean < 0) == lower
+            parts.append(
+                f"`{r.method}` {'better' if better else 'worse'} by {abs(r.diff_mean):.3g} ± {r.diff_ci:.2g} "
+                f"(p_Holm = {r.p_holm:.2g})"
+            )
+        rest = sorted(set(rows["method"]) - set(hits["method"]))
+        tail = (
+            f"; the others ({', '.join(f'`{m}`' for m in rest)}) do not differ, {detectable_text}"
+            if rest
+            else ""
+        )
+        lines.append(f"- {label}: " + ", ".join(parts) + tail + ".")
+    return lines
+
+
 def feature_space_finding(feature_net: dict) -> str:
     """Which feature space FID, KID and precision/recall were computed in (feature_net's record)."""
     if feature_net.get("trained"):
@@ -143,3 +189,37 @@ def feature_space_finding(feature_net: dict) -> str:
             "also give the class agreement."
         )
     return "Feature space of FID/KID/precision/recall: clean-fid's Inception-v3."
+
+
+def study_findings(
+    comparison: Comparison,
+    floor: dict[str, float],
+    floor_interval: dict[str, tuple[float, float]],
+    *,
+    convergence: pd.DataFrame,
+    kl: pd.DataFrame,
+    kl_score: pd.DataFrame | None,
+    feature_net: dict,
+    baseline: str,
+    confidence: float,
+    final: int,
+    num_floor: int,
+) -> list[str]:
+    """``findings.md``'s lines: sample quality against the floor, the methods against the baseline,
+    the experts' convergence, the KL curve, and the feature space the metrics live in."""
+    num_seeds = int(comparison.summary.loc[comparison.summary["method"] == baseline, "n"].max())
+    return [
+        f"Sample quality against real data (`{baseline}`, step {final}, {num_floor} samples per set):",
+        *separation(comparison.summary, floor, floor_interval, baseline, confidence),
+        "",
+        f"The methods against `{baseline}` ({num_seeds} seeds, paired; Holm over the methods):",
+        *comparison_finding(comparison.tests, comparison.detectable, baseline, alpha=SIGNIFICANCE),
+        "",
+        "Convergence of the per-interval experts (appendix B):",
+        *convergence_finding(convergence),
+        "",
+        "KL divergence between consecutive marginals (appendix C):",
+        *kl_finding(kl, kl_score),
+        "",
+        feature_space_finding(feature_net),
+    ]

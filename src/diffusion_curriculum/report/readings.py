@@ -13,6 +13,7 @@ import pandas as pd
 
 from ..errors import InputFileError
 from ..io import read_json, read_npz, read_parquet_frame
+from .stats import Comparison
 
 METRICS = ("class_agreement", "fid", "kid", "is_mean", "is_std", "precision", "recall")
 
@@ -99,9 +100,12 @@ def read_grid(path: Path, writer: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def headline_metrics(summary: pd.DataFrame, reach: pd.DataFrame, floor: dict) -> dict:
+def headline_metrics(comparison: Comparison, floor: dict) -> dict:
     """``{method: {metric: mean, metric_ci: half-width, ...}, "floor": {metric: value}}`` for
-    ``dvc metrics diff``."""
+    ``dvc metrics diff``, from :func:`~diffusion_curriculum.report.stats.compare_methods`: each compared
+    method also gets, per tested metric, ``<metric>_diff_vs_baseline``, ``_diff_ci``, ``_p_holm`` and
+    ``_significant``, and ``minimum_detectable_difference`` holds the detectable difference per metric."""
+    summary, reach, tests, detectable = comparison
     out: dict[str, dict] = {"floor": {m: _finite(v) for m, v in floor.items()}}
     for row in summary.itertuples():
         entry = out.setdefault(row.method, {})
@@ -112,6 +116,13 @@ def headline_metrics(summary: pd.DataFrame, reach: pd.DataFrame, floor: dict) ->
     for row in reach.itertuples():
         out.setdefault(row.method, {})["steps_to_baseline_fid"] = _finite(row.step_mean)
         out[row.method]["speedup_vs_baseline"] = _finite(row.speedup)
+    for row in tests.itertuples():
+        entry = out.setdefault(row.method, {})
+        entry[f"{row.metric}_diff_vs_baseline"] = _finite(row.diff_mean)
+        entry[f"{row.metric}_diff_ci"] = _finite(row.diff_ci)
+        entry[f"{row.metric}_p_holm"] = _finite(row.p_holm)
+        entry[f"{row.metric}_significant"] = bool(row.significant)
+    out["minimum_detectable_difference"] = {row.metric: _finite(row.mdd) for row in detectable.itertuples()}
     return out
 
 

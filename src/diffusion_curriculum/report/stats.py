@@ -46,12 +46,26 @@ __all__ = [
     "low_noise_contrast",
     "minimum_detectable_difference",
     "seeds_needed",
+    "holm",
+    "paired_tests",
+    "detectable_differences",
+    "curve_areas",
+    "AREA_SUFFIX",
+    "REACH_METRIC",
+    "reach_as_metric",
+    "Comparison",
+    "compare_methods",
+    "TESTED_METRICS",
+    "SIGNIFICANCE",
 ]
 
 METRIC_COLUMNS = ("method", "seed", "step", "metric", "value")
 
 # Canonical order of the metrics in tables; unknown metrics follow in order of appearance.
 METRIC_ORDER = ("class_agreement", "fid", "kid", "is_mean", "is_std", "precision", "recall")
+
+# reach_as_metric names the steps a run needs to reach the baseline's final FID (fewer is better).
+REACH_METRIC = "steps_to_baseline_fid"
 
 # "lower" / "higher" is better; metrics without an entry (is_std: a spread over splits) have no direction.
 _DIRECTION = {
@@ -62,7 +76,11 @@ _DIRECTION = {
     "precision": "higher",
     "recall": "higher",
     "class_agreement": "higher",
+    REACH_METRIC: "lower",
 }
+
+# curve_areas names the mean of a metric over training "<metric>_area"; it is better in the same direction.
+AREA_SUFFIX = "_area"
 
 METRIC_LABELS = {
     "fid": "FID",
@@ -73,16 +91,24 @@ METRIC_LABELS = {
     "precision": "precision",
     "recall": "recall",
     "class_agreement": "class agreement",
+    REACH_METRIC: "steps to reach baseline's final FID",
 }
 
 
 def better_direction(metric: str) -> str | None:
-    """``"lower"`` (FID, KID), ``"higher"`` (IS, precision, recall) or ``None`` when no side is better."""
+    """``"lower"`` (FID, KID), ``"higher"`` (IS, precision, recall) or ``None`` when no side is better;
+    a curve's mean over training (``fid_area``) is better in its metric's direction."""
+    if metric.endswith(AREA_SUFFIX) and metric not in _DIRECTION:
+        return _DIRECTION.get(metric.removesuffix(AREA_SUFFIX))
     return _DIRECTION.get(metric)
 
 
 def metric_label(metric: str) -> str:
-    """Display name of a metric (``fid`` -> ``FID``); unknown names are returned unchanged."""
+    """Display name of a metric (``fid`` -> ``FID``, ``fid_area`` -> ``FID, mean over training``);
+    unknown names are returned unchanged."""
+    if metric.endswith(AREA_SUFFIX) and metric not in METRIC_LABELS:
+        base = metric.removesuffix(AREA_SUFFIX)
+        return f"{METRIC_LABELS.get(base, base)}, mean over training"
     return METRIC_LABELS.get(metric, metric)
 
 
@@ -176,6 +202,155 @@ def seeds_needed(
         if minimum_detectable_difference(std, n, alpha=alpha, power=power, paired=paired) <= abs(difference):
             return n
     return None
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (Holm 1979): sorted ascending, the i-th
+    smallest (0-based, of m) becomes ``max_{j <= i} min(1, (m - j) p_(j))``.  Rejecting where the adjusted
+    value is below alpha controls the family-wise error rate at alpha under any dependence.  NaN entries
+    are not tests: they stay NaN and do not count in m."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    if finite.size == 0:
+        return adjusted
+    if ((p[finite] < 0) | (p[finite] > 1)).any():
+        raise ValueError(f"p-values must lie in [0, 1], got {p[finite].tolist()}")
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = order.size
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    adjusted[order] = np.maximum.accumulate(scaled)
+    return adjusted
+
+
+def _paired_p(diff_mean: float, diff_std: float, n: int) -> float:
+    # Two-sided one-sample t test of the per-seed differences against 0.
+    if n < 2 or not (math.isfinite(diff_mean) and math.isfinite(diff_std)):
+        return math.nan
+    if diff_std == 0.0:
+        return 1.0 if diff_mean == 0.0 else 0.0
+    t = diff_mean / (diff_std / math.sqrt(n))
+    return float(2.0 * sps.t.sf(abs(t), n - 1))
+
+
+TEST_COLUMNS = [
+    "method",
+    "metric",
+    "n_pairs",
+    "diff_mean",
+    "diff_ci",
+    "p_value",
+    "p_holm",
+    "significant",
+    "mdd",
+]
+
+
+def paired_tests(summary: pd.DataFrame, *, alpha: float = 0.05, power: float = 0.8) -> pd.DataFrame:
+    """Each method against the baseline, per metric, from :func:`summarize`'s paired differences.
+
+    ``p_value``: two-sided paired t test over seeds (the per-seed differences against 0); ``p_holm``:
+    Holm-adjusted over the methods compared on that metric (one family per metric: a reader asks of
+    each metric which methods differ from the baseline); ``significant``: ``p_holm < alpha``; ``mdd``:
+    the difference this test would detect with probability ``power`` at level ``alpha``, from the
+    method's own paired spread (:func:`minimum_detectable_difference`).  The baseline's rows are left
+    out; a method with fewer than two pairs gets NaN and is no test.
+    """
+    _require_columns(summary, ["method", "metric", "baseline", "n_pairs", "diff_mean", "diff_std"], "summary")
+    rows = summary[summary["method"] != summary["baseline"]]
+    out = pd.DataFrame(
+        {
+            "method": rows["method"].to_numpy(),
+            "metric": rows["metric"].to_numpy(),
+            "n_pairs": rows["n_pairs"].to_numpy(dtype=int),
+            "diff_mean": rows["diff_mean"].to_numpy(dtype=float),
+            "diff_ci": rows["diff_ci"].to_numpy(dtype=float),
+            "p_value": [_paired_p(r.diff_mean, r.diff_std, r.n_pairs) for r in rows.itertuples()],
+            "mdd": [
+                minimum_detectable_difference(r.diff_std, r.n_pairs, alpha=alpha, power=power)
+                if r.n_pairs >= 2
+                else math.nan
+                for r in rows.itertuples()
+            ],
+        }
+    )
+    out["p_holm"] = np.nan
+    for _, index in out.groupby("metric", sort=False).groups.items():
+        out.loc[index, "p_holm"] = holm(out.loc[index, "p_value"])
+    out["significant"] = out["p_holm"] < alpha
+    return out[TEST_COLUMNS].reset_index(drop=True)
+
+
+def detectable_differences(summary: pd.DataFrame, *, alpha: float = 0.05, power: float = 0.8) -> pd.DataFrame:
+    """Per metric, the smallest difference to the baseline this study detects with probability
+    ``power`` by a paired t test at level ``alpha``: :func:`minimum_detectable_difference` with the
+    seed-to-seed spread of the paired differences pooled over the compared methods (root mean square of
+    their ``diff_std``; each has ``n_pairs - 1`` degrees of freedom, so with equal seed counts this is
+    the pooled variance) and the most common ``n_pairs``.  With the spread of the baseline itself
+    (``std``) next to it: what an unpaired comparison would face.
+
+    Returns:
+        Columns ``metric, n_pairs, diff_std, mdd, mdd_relative`` (the mdd as a share of the baseline's
+        mean) and ``baseline_mean``.
+    """
+    _require_columns(summary, ["method", "metric", "baseline", "n_pairs", "diff_std", "mean"], "summary")
+    rows = []
+    for metric in _metric_order(summary["metric"]):
+        of_metric = summary[summary["metric"] == metric]
+        compared = of_metric[(of_metric["method"] != of_metric["baseline"]) & (of_metric["n_pairs"] >= 2)]
+        base = of_metric[of_metric["method"] == of_metric["baseline"]]
+        base_mean = float(base["mean"].iloc[0]) if len(base) else math.nan
+        spread = compared["diff_std"].to_numpy(dtype=float)
+        spread = spread[np.isfinite(spread)]
+        if spread.size == 0:
+            n, std, mdd = 0, math.nan, math.nan
+        else:
+            n = int(compared["n_pairs"].mode().iloc[0])
+            std = float(np.sqrt(np.mean(spread**2)))
+            mdd = minimum_detectable_difference(std, n, alpha=alpha, power=power)
+        relative = mdd / abs(base_mean) if math.isfinite(mdd) and base_mean not in (0.0,) else math.nan
+        rows.append(
+            {
+                "metric": metric,
+                "n_pairs": n,
+                "diff_std": std,
+                "mdd": mdd,
+                "baseline_mean": base_mean,
+                "mdd_relative": relative,
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["metric", "n_pairs", "diff_std", "mdd", "baseline_mean", "mdd_relative"]
+    )
+
+
+def curve_areas(metrics: pd.DataFrame, names: Iterable[str]) -> pd.DataFrame:
+    """The area under each run's metric-versus-iterations curve, as the curve's mean over training:
+    the trapezoid rule over its snapshots divided by the step range they span.  One number per run
+    that rewards reaching a value early as well as the final value (a faster method has a lower FID
+    area at equal final FID).  Returned as rows of the metrics table (``metric = <name>_area``, ``step``
+    = the run's last snapshot), so :func:`summarize` and :func:`paired_tests` treat it like any metric.
+    Runs with fewer than two finite snapshots get no row."""
+    frame = _metrics_frame(metrics)
+    rows = []
+    for name in names:
+        of_metric = frame[(frame["metric"] == name) & np.isfinite(frame["value"])]
+        for (method, seed), curve in of_metric.groupby(["method", "seed"], sort=False):
+            curve = curve.sort_values("step")
+            steps, values = curve["step"].to_numpy(float), curve["value"].to_numpy(float)
+            if steps.size < 2:
+                continue
+            area = float(np.sum((values[1:] + values[:-1]) / 2.0 * np.diff(steps)))
+            rows.append(
+                {
+                    "method": method,
+                    "seed": int(seed),
+                    "step": int(steps[-1]),
+                    "metric": name + AREA_SUFFIX,
+                    "value": area / float(steps[-1] - steps[0]),
+                }
+            )
+    return pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -488,6 +663,24 @@ def iterations_to_reach(
     return pd.DataFrame(out)
 
 
+def reach_as_metric(per_seed: pd.DataFrame, name: str = REACH_METRIC) -> pd.DataFrame:
+    """:func:`reach_steps`' per-seed steps as rows of the metrics table (``metric = name``, ``step`` =
+    the baseline's final step), so that :func:`summarize` and :func:`paired_tests` compare them seed by
+    seed with the baseline's own: a claim like "20 % fewer iterations" becomes a paired difference in
+    steps.  A run that never reached the target has a NaN value and drops out of the statistics."""
+    _require_columns(per_seed, ["method", "seed", "baseline_step", "reach_step"], "reach")
+    return pd.DataFrame(
+        {
+            "method": per_seed["method"].astype(str).to_numpy(),
+            "seed": per_seed["seed"].astype(int).to_numpy(),
+            "step": per_seed["baseline_step"].astype(int).to_numpy(),
+            "metric": name,
+            "value": per_seed["reach_step"].astype(float).to_numpy(),
+        },
+        columns=list(METRIC_COLUMNS),
+    )
+
+
 class LowNoiseContrast(NamedTuple):
     """Result of :func:`low_noise_contrast` (values in the unit of the curve)."""
 
@@ -527,3 +720,51 @@ def low_noise_contrast(
     difference = low - rest
     z = difference / error if error > 0 else math.copysign(math.inf, difference) if difference else 0.0
     return LowNoiseContrast(low, rest, difference, error, z, float(sps.norm.sf(z)))
+
+
+# The metrics each method is tested on against the baseline (Holm over the methods, per metric), fixed
+# before any comparison was read: the two sample-quality readings at the final step, KID (unbiased at any
+# sample count), the FID and class-agreement curves' means over training, and the steps to reach the
+# baseline's final FID.
+TESTED_METRICS = ("class_agreement", "fid", "kid", "fid" + AREA_SUFFIX, "class_agreement" + AREA_SUFFIX,
+                  REACH_METRIC)  # fmt: skip
+SIGNIFICANCE = 0.05
+
+
+class Comparison(NamedTuple):
+    """Result of :func:`compare_methods`."""
+
+    summary: pd.DataFrame  # summarize() of the snapshot metrics and the derived ones
+    reach: pd.DataFrame  # iterations_to_reach(), per method
+    tests: pd.DataFrame  # paired_tests() of the tested metrics
+    detectable: pd.DataFrame  # detectable_differences() of the tested metrics
+
+
+def compare_methods(
+    metrics: pd.DataFrame,
+    baseline: str,
+    confidence: float = 0.95,
+    curve_metrics: Sequence[str] = ("fid", "class_agreement"),
+    tested: Sequence[str] = TESTED_METRICS,
+    alpha: float = SIGNIFICANCE,
+) -> Comparison:
+    """The whole comparison of a study: the final-step summary with the curves' means over training
+    (:func:`curve_areas`) and the steps to reach the baseline's final FID (:func:`reach_as_metric`)
+    added as metrics, the paired tests of the ``tested`` metrics against ``baseline`` and the minimum
+    detectable differences.  Without FID values there are no steps to reach."""
+    derived = [curve_areas(metrics, curve_metrics)]
+    has_fid = (metrics["metric"] == "fid").any()
+    reach = (
+        iterations_to_reach(metrics, baseline=baseline, confidence=confidence) if has_fid else pd.DataFrame()
+    )
+    if has_fid:
+        derived.append(reach_as_metric(reach_steps(metrics, baseline=baseline)))
+    frames = [f for f in (metrics, *derived) if len(f)]
+    summary = summarize(pd.concat(frames, ignore_index=True), baseline=baseline, confidence=confidence)
+    of_tested = summary[summary["metric"].isin(tested)]
+    return Comparison(
+        summary,
+        reach,
+        paired_tests(of_tested, alpha=alpha),
+        detectable_differences(of_tested, alpha=alpha),
+    )

@@ -3,19 +3,70 @@ report (HTML and Markdown), assembled from the tables, figures and findings."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 
 from .html import Image, Table
-from .stats import metric_label
-from .tables import describe_clusters, markdown_table
+from .stats import SIGNIFICANCE, Comparison, better_direction, metric_label
+from .tables import (
+    describe_clusters,
+    detectable_table,
+    markdown_table,
+    reach_table,
+    results_table,
+    tests_table,
+    with_reference_row,
+)
 
 FLOOR_NAME = "real data (floor)"
+TESTS_NOTE = (
+    "Two-sided paired t test over seeds of each method against `{baseline}`; p (Holm): adjusted over the "
+    "methods, one family per metric.  *Mean over training* is the area under the metric-versus-iterations "
+    "curve divided by the steps it spans; *steps to reach* is where a run's FID first reaches the final "
+    "FID of `{baseline}` with the same seed (linear between snapshots; runs that never reach it drop out).  "
+    "Detectable Δ: the difference this test finds with 80% power at 5%, from the method's paired spread."
+)
+DETECTABLE_NOTE = (
+    "The smallest true difference to the baseline that a two-sided paired t test at 5% finds with 80% "
+    "power, from the seed-to-seed spread of the paired differences measured here (pooled over the "
+    "methods).  A difference that is not significant is only evidence against effects larger than this."
+)
+
+
+class Views(NamedTuple):
+    """The comparison's tables as a reader sees them (strings), for summary.md and the report."""
+
+    table: pd.DataFrame  # method x snapshot metric at the final step, with the floor row
+    reach: pd.DataFrame
+    tests: pd.DataFrame
+    detectable: pd.DataFrame
+
+
+def comparison_views(
+    comparison: Comparison,
+    snapshot_metrics,
+    floor: dict[str, float],
+    floor_interval: dict[str, tuple[float, float]],
+    baseline: str,
+    confidence: float,
+) -> Views:
+    """:func:`~diffusion_curriculum.report.stats.compare_methods`' frames as display tables: the
+    final-step table of the ``snapshot_metrics`` (those with a better direction) with the floor's row,
+    the iterations to reach, the paired tests and the minimum detectable differences."""
+    shown = [m for m in dict.fromkeys(snapshot_metrics) if better_direction(m)]
+    table = results_table(comparison.summary, metrics=shown)
+    return Views(
+        with_reference_row(table, FLOOR_NAME, floor, floor_interval),
+        reach_table(comparison.reach),
+        tests_table(comparison.tests, baseline, confidence, alpha=SIGNIFICANCE),
+        detectable_table(comparison.detectable),
+    )
 
 
 def summary_markdown(
-    table: pd.DataFrame,
-    reach_view: pd.DataFrame,
+    views: Views,
     *,
     baseline: str,
     confidence: float,
@@ -37,13 +88,31 @@ def summary_markdown(
             else "."
         ),
         "",
-        markdown_table(table, index=True),
+        markdown_table(views.table, index=True),
         "",
         f"# Iterations to reach `{baseline}`'s final FID",
         "",
-        markdown_table(reach_view, index=True),
+        markdown_table(views.reach, index=True),
         "",
     ]
+    if len(views.tests):
+        lines += [
+            f"# Paired tests against `{baseline}`",
+            "",
+            TESTS_NOTE.format(baseline=baseline),
+            "",
+            markdown_table(views.tests),
+            "",
+        ]
+    if len(views.detectable):
+        lines += [
+            "# Minimum detectable differences",
+            "",
+            DETECTABLE_NOTE,
+            "",
+            markdown_table(views.detectable),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -75,8 +144,7 @@ def stitch_caption(base: dict, final: int, base_metrics: dict[str, float]) -> st
 
 def report_sections(
     *,
-    table: pd.DataFrame,
-    reach_view: pd.DataFrame,
+    views: Views,
     figures: dict,
     findings: list[str],
     stitched: pd.DataFrame,
@@ -97,8 +165,14 @@ def report_sections(
                 f"Final step ({final} iterations); mean ± {confidence:.0%} interval over "
                 f"{num_seeds} seed(s); Δ paired over seeds against `{baseline}`; the last row is held-out "
                 "real data (the floor).",
-                Table(table, index=True),
-                Table(reach_view, caption=f"Iterations to reach {baseline}'s final FID", index=True),
+                Table(views.table, index=True),
+                Table(views.reach, caption=f"Iterations to reach {baseline}'s final FID", index=True),
+                *(
+                    [Table(views.tests, caption=TESTS_NOTE.format(baseline=baseline))]
+                    if len(views.tests)
+                    else []
+                ),
+                *([Table(views.detectable, caption=DETECTABLE_NOTE)] * bool(len(views.detectable))),
                 figures["fid"],
                 Image(figures["samples"], caption="Samples at the final step beside real images"),
             ],

@@ -14,7 +14,15 @@ import pandas as pd
 
 from .stats import better_direction, metric_label
 
-__all__ = ["format_mean_ci", "markdown_table", "results_table", "reach_table", "with_reference_row"]
+__all__ = [
+    "detectable_table",
+    "format_mean_ci",
+    "markdown_table",
+    "results_table",
+    "reach_table",
+    "tests_table",
+    "with_reference_row",
+]
 
 NA = "—"
 
@@ -178,6 +186,51 @@ def reach_table(reach: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows).set_index("method") if rows else pd.DataFrame()
+
+
+def _p(value: float) -> str:
+    if not math.isfinite(value):
+        return NA
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def tests_table(tests: pd.DataFrame, baseline: str, confidence: float, alpha: float = 0.05) -> pd.DataFrame:
+    """Human strings for :func:`~diffusion_curriculum.report.stats.paired_tests`: per method and
+    metric the paired difference to the baseline with its interval, the raw and the Holm-adjusted p, a
+    mark where the adjusted p is below ``alpha``, and the difference the test could detect (80 %)."""
+    rows = []
+    for r in tests.itertuples():
+        significant = bool(r.significant) and math.isfinite(r.p_holm)
+        rows.append(
+            {
+                "metric": metric_label(r.metric) + _arrow(r.metric),
+                "method": r.method,
+                f"Δ vs {baseline} ({confidence:.0%} CI)": format_mean_ci(r.diff_mean, r.diff_ci, signed=True),
+                "p": _p(r.p_value),
+                "p (Holm)": _p(r.p_holm),
+                f"significant at {alpha:g}": "yes" if significant else "no",
+                "detectable Δ": f"{r.mdd:.3g}" if math.isfinite(r.mdd) else NA,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def detectable_table(detectable: pd.DataFrame) -> pd.DataFrame:
+    """Human strings for :func:`~diffusion_curriculum.report.stats.detectable_differences`: per metric
+    the pooled paired spread, the minimum detectable difference and that difference as a share of the
+    baseline's mean."""
+    rows = []
+    for r in detectable.itertuples():
+        rows.append(
+            {
+                "metric": metric_label(r.metric) + _arrow(r.metric),
+                "seeds (pairs)": str(r.n_pairs),
+                "SD of paired Δ": f"{r.diff_std:.3g}" if math.isfinite(r.diff_std) else NA,
+                "minimum detectable Δ": f"{r.mdd:.3g}" if math.isfinite(r.mdd) else NA,
+                "as share of baseline": f"{r.mdd_relative:.1%}" if math.isfinite(r.mdd_relative) else NA,
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 _RULE_WORDS = {

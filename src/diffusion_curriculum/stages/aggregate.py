@@ -79,11 +79,10 @@ def main(argv: list[str] | None = None) -> None:
     curriculum = read.read_record(Path(args.curriculum), "cluster_difficulty")
     feature_net = read.read_record(features_dir / "feature_net.json", "feature_net")
 
-    summary = report.summarize(metrics, baseline=baseline, confidence=confidence)
-    reach = report.iterations_to_reach(metrics, baseline=baseline, confidence=confidence)
+    comparison = report.compare_methods(metrics, baseline, confidence, CURVE_METRICS)
     with atomic_path(out / "summary.parquet") as tmp:
-        summary.to_parquet(tmp, index=False)
-    atomic_write_json(read.headline_metrics(summary, reach, floor), out / "metrics.json")
+        comparison.summary.to_parquet(tmp, index=False)
+    atomic_write_json(read.headline_metrics(comparison, floor), out / "metrics.json")
 
     shown = f"seed{seeds[0]}", f"step{final}"  # one sample set per method in the grid
     samples = {f"{m} (seed {seeds[0]}, step {final})": Path(args.samples_dir, m, *shown) for m in methods}
@@ -113,29 +112,20 @@ def main(argv: list[str] | None = None) -> None:
     base = cfg["experts"]["stitch_base"]
     base_metrics = read.run_metrics(metrics, base["method"], base["seed"], final)
     stitched = read.stitch_table(metrics_dir, cfg["experts"]["stitch_intervals"], base_metrics, convergence)
-    table = report.with_reference_row(report.results_table(summary), study.FLOOR_NAME, floor, floor_interval)
-    reach_view = report.reach_table(reach)
+    views = study.comparison_views(comparison, metrics["metric"], floor, floor_interval, baseline, confidence)
     num_floor = int(floor_record["num_samples"])
-    findings = [
-        f"Sample quality against real data (`{baseline}`, step {final}, {num_floor} samples per set):",
-        *find.separation(summary, floor, floor_interval, baseline, confidence),
-        "",
-        "Convergence of the per-interval experts (appendix B):",
-        *find.convergence_finding(convergence),
-        "",
-        "KL divergence between consecutive marginals (appendix C):",
-        *find.kl_finding(kl, kl_score),
-        "",
-        find.feature_space_finding(feature_net),
-    ]
+    findings = find.study_findings(
+        comparison, floor, floor_interval, convergence=convergence, kl=kl, kl_score=kl_score,
+        feature_net=feature_net, baseline=baseline, confidence=confidence, final=final, num_floor=num_floor,
+    )  # fmt: skip
     atomic_write_text(out / "findings.md", "\n".join(findings) + "\n")
     summary_md = study.summary_markdown(
-        table, reach_view, baseline=baseline, confidence=confidence, num_seeds=n_seeds, num_floor=num_floor,
+        views, baseline=baseline, confidence=confidence, num_seeds=n_seeds, num_floor=num_floor,
         samples_per_set=samples_per_set,
     )  # fmt: skip
     atomic_write_text(out / "summary.md", summary_md)
     sections = study.report_sections(
-        table=table, reach_view=reach_view, figures=figures, findings=findings, stitched=stitched,
+        views=views, figures=figures, findings=findings, stitched=stitched,
         stitch_caption=study.stitch_caption(base, final, base_metrics), curriculum=curriculum,
         baseline=baseline, confidence=confidence, num_seeds=n_seeds, final=final,
     )  # fmt: skip
