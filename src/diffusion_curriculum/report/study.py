@@ -172,7 +172,7 @@ def report_sections(
                     if len(views.tests)
                     else []
                 ),
-                *([Table(views.detectable, caption=DETECTABLE_NOTE)] * bool(len(views.detectable))),
+                *([Table(views.detectable, caption=DETECTABLE_NOTE)] if len(views.detectable) else []),
                 figures["fid"],
                 Image(figures["samples"], caption="Samples at the final step beside real images"),
             ],

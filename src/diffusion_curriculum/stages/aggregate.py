@@ -5,7 +5,9 @@ study's outputs (KL curve, convergence table, stitched experts) and the curricul
 ``--out-dir``:
 
 * ``summary.md`` and ``summary.parquet``: every method x metric at the final step, mean ± CI over seeds
-  and the paired difference to ``report.baseline``; iterations to reach the baseline's final FID;
+  and the paired difference to ``report.baseline``; iterations to reach the baseline's final FID; each
+  method's paired t test against the baseline with Holm's correction over the methods, and each
+  metric's minimum detectable difference (:func:`diffusion_curriculum.report.compare_methods`);
 * ``metrics.json``: the headline numbers as a DVC metric (``dvc metrics diff`` compares them);
 * ``fid_vs_iterations.png`` (FID and class agreement, with the real-data floor), ``samples.png`` (a
   grid per method beside real images), ``loss_bins.png``, ``curriculum_timeline.png``, ``kl.png`` (both
