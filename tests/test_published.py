@@ -69,3 +69,21 @@ def test_the_documents_quote_metrics_json(published):
         entry = published[method]
         for metric in ("fid", "class_agreement"):
             assert report.format_mean_ci(entry[metric], entry[f"{metric}_ci"]) in summary, (method, metric)
+
+
+def test_the_publish_script_reads_job_times_from_a_snakemake_log(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("publish_study", REPO / "docs/examples/publish_study.py")
+    publish = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(publish)
+    log = tmp_path / "run.snakemake.log"
+    log.write_text(
+        "[Tue Dec  1 11:04:06 2026]\nlocalrule train:\n    output: a\n    jobid: 7\n"
+        "[Tue Dec  1 11:04:10 2026]\nrule sample:\n    jobid: 12\n"
+        "[Tue Dec  1 11:04:40 2026]\nFinished jobid: 12 (Rule: sample)\n"
+        "[Tue Dec  1 11:07:26 2026]\nFinished jobid: 7 (Rule: train)\n"
+    )
+    durations, span = publish.job_times(log)
+    assert durations == {"sample": [30.0], "train": [200.0]} and span == 200.0
+    assert publish.stage_table(durations)[2].startswith("| `train` | 1 | 200 s (200–200) | 200 |")

@@ -7,18 +7,10 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 per_gpu=${1:-4}
 cd "$repo"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+before=$(ls .snakemake/log/*.snakemake.log 2>/dev/null || true)
 DIFFUSION_CURRICULUM_JOBS_PER_GPU=$per_gpu snakemake --configfile configs/gpu_study.yaml \
   --cores "$(nproc)" --resources gpu="$per_gpu"
-out=docs/results/gpu_study
-mkdir -p "$out"
-cp results/report/{summary.md,findings.md,metrics.json,report.html} "$out"/
-cp results/report/*.png "$out"/
-{
-  echo "# GPU-scale study"
-  echo
-  echo "Command: \`bash docs/examples/gpu_study.sh $per_gpu\` at commit $(git rev-parse --short HEAD), $(date -u +%F)."
-  echo "Device: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)."
-  echo
-  cat "$out/summary.md"
-} > "$out/README.md"
-echo "report copied to $out"
+logs=$(comm -13 <(echo "$before" | sort) <(ls .snakemake/log/*.snakemake.log | sort))
+# The report, metrics.json with the run's provenance, and RUN.md (command, commit, machine, stage times).
+python docs/examples/publish_study.py --report results/report --out docs/results/gpu_study \
+  --params configs/gpu_study.yaml --command "bash docs/examples/gpu_study.sh $per_gpu" $logs

@@ -22,6 +22,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+import torch  # noqa: F401  (imported so that the provenance names the GPU the run's jobs used)
+
 from diffusion_curriculum.report.provenance import collect_provenance
 
 DOCUMENTS = ("summary.md", "findings.md", "report.html", "report.md")
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         f"(SHA-256 `{record['params_sha256'][:16]}…`)",
         f"- date (UTC): {record['date']}",
         f"- machine: {record['cpus']} CPUs ({record['cpu_model']}), {record['platform']}, "
-        f"Python {record['python']}",
+        f"Python {record['python']}" + (f", GPU {record['gpu']}" if record["gpu"] else ", no GPU"),
         f"- wall time: **{_duration(wall)}** over {len(args.logs)} Snakemake invocation(s); "
         f"{total:,.0f} job-seconds in {sum(len(t) for t in durations.values())} jobs",
     ]
