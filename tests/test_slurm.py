@@ -32,8 +32,14 @@ PREEMPTED = "dtd"  # the training run stopped by SIGTERM half-way, as SLURM does
 # The rules that ask for a GPU (and have a GPU partition in the profile) and the CPU rules of the targets.
 GPU_RULES = ("encode_latents", "train", "train_expert", "estimate_kl", "estimate_kl_score", "stitch_sample")
 CPU_RULES = ("prepare_data", "convergence", "cluster_difficulty", "sample")
-# Up to the final samples of both runs: the training branch with the observational stages it waits for.
-TARGETS = [f"results/samples/{m}/seed0/step40/samples.npz" for m in ("vanilla", "dtd")]
+# Up to the final samples of both runs, and the observational branch (the curriculum of smoke.yaml reads
+# no measurement, so train does not wait for it: it is asked for by name).
+TARGETS = [
+    *(f"results/samples/{m}/seed0/step40/samples.npz" for m in ("vanilla", "dtd")),
+    "results/convergence/convergence.parquet",
+    "results/kl/kl.parquet",
+    "results/kl/kl_score.parquet",
+]
 
 
 def _profile() -> dict:
@@ -125,8 +131,8 @@ def test_smoke_pipeline_on_slurm_gives_train_a_gpu_and_resumes_a_preempted_run(
 ):
     # Test-only settings.  (1) The GPU type of the fake devices; the overlay restates the profile's own
     # set-resources because a workflow profile replaces that key as a whole.  (2) A first status check
-    # 2 s after a job finishes instead of 8: the smoke jobs take seconds, and each of the chain's eight
-    # levels waits for one.  (3) A first checkpoint at step 10 of 40, so the preempted run has most of
+    # 2 s after a job finishes instead of 8: the smoke jobs take seconds, and each level of the
+    # chain waits for one.  (3) A first checkpoint at step 10 of 40, so the preempted run has most of
     # its steps left when the signal lands.
     profile = _profile()
     set_resources = profile.get("set-resources", {})
