@@ -30,7 +30,7 @@ MEASUREMENTS = {
     "kl-score": "results/kl/kl_score.parquet",
     "convergence": "results/convergence/convergence.parquet",
 }
-MEASUREMENT_FLAGS = re.compile(r"\s--(?:kl|kl-score|convergence)\s+\S+")
+MEASUREMENT_FLAGS = re.compile(rf"\s--(?:{'|'.join(MEASUREMENTS)})\s+\S+")
 
 
 def _normalise(cmd: str) -> str:
@@ -41,7 +41,8 @@ def _normalise(cmd: str) -> str:
 
 
 def snakemake_jobs(root: Path, *extra: str) -> dict[str, dict]:
-    """Normalised command -> {rule, inputs, outputs} for every job of the full DAG (a forced dry run)."""
+    """Normalised command -> {rule, inputs, outputs, command} for every job of the full DAG (a forced
+    dry run); ``command`` is the shell command as Snakemake prints it."""
     proc = run_cli(["snakemake", "-n", "-p", "--forceall", "--cores", "1", *extra], root)
     jobs: dict[str, dict] = {}
     job: dict = {}
@@ -51,7 +52,8 @@ def snakemake_jobs(root: Path, *extra: str) -> dict[str, dict]:
         elif match := re.match(r"^    (input|output): (.*)$", line):
             job[match.group(1) + "s"] = {p.strip() for p in match.group(2).split(",")}
         elif line.startswith("Shell command: ") and job and job["rule"] != "all":
-            jobs[_normalise(line.removeprefix("Shell command: "))] = job
+            job["command"] = line.removeprefix("Shell command: ")
+            jobs[_normalise(job["command"])] = job
             job = {}
     assert jobs, proc.stdout + proc.stderr
     return jobs
@@ -124,15 +126,11 @@ def test_cluster_difficulty_waits_only_for_what_it_reads(pipeline_dir, curriculu
     params["curriculum"] |= curriculum
     params["kl"]["estimator"] = estimator
     (pipeline_dir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    proc = run_cli(["snakemake", "-n", "-p", "--forceall", "--cores", "1"], pipeline_dir)
-    block = (proc.stdout + proc.stderr).split("rule cluster_difficulty:", 1)[1].split("\n\n", 1)[0]
-    inputs = {p.strip() for p in re.search(r"^    input: (.*)$", block, flags=re.M).group(1).split(",")}
-    commands = [
-        line for line in (proc.stdout + proc.stderr).splitlines() if "stages.cluster_difficulty" in line
-    ]
-    assert len(commands) == 1, commands
-    assert inputs & set(MEASUREMENTS.values()) == {MEASUREMENTS[name] for name in reads}
-    assert {flag for flag in MEASUREMENTS if f" --{flag} " in commands[0]} == reads, commands[0]
+    jobs = [job for job in snakemake_jobs(pipeline_dir).values() if job["rule"] == "cluster_difficulty"]
+    assert len(jobs) == 1, jobs
+    job = jobs[0]
+    assert job["inputs"] & set(MEASUREMENTS.values()) == {MEASUREMENTS[name] for name in reads}
+    assert {flag for flag in MEASUREMENTS if f" --{flag} " in job["command"]} == reads, job["command"]
 
 
 def _smk_params(root: Path) -> dict[str, list[str]]:
