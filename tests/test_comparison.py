@@ -123,7 +123,7 @@ def test_the_documents_carry_the_tests_and_the_detectable_differences():
     intervals = {k: (v * 0.9, v * 1.1) for k, v in floor.items()}
     views = study.comparison_views(comparison, metrics["metric"], floor, intervals, "vanilla", 0.95)
     text = study.summary_markdown(views, baseline="vanilla", confidence=0.95, num_seeds=5, num_floor=1500,
-                                  samples_per_set=1500)  # fmt: skip
+                                  num_floor_sets=5, samples_per_set=1500)  # fmt: skip
     assert "# Paired tests against `vanilla`" in text and "# Minimum detectable differences" in text
     assert "fid_area" not in views.table.columns.str.cat()  # the final-step table shows snapshot metrics
     headline = read.headline_metrics(comparison, floor)
@@ -133,3 +133,18 @@ def test_the_documents_carry_the_tests_and_the_detectable_differences():
     lines = find.comparison_finding(comparison.tests, comparison.detectable, "vanilla")
     fid_line = next(line for line in lines if line.startswith("- FID:"))
     assert "`better` better by" in fid_line and "`same`" in fid_line and "or larger to be found" in fid_line
+
+
+def test_an_a_a_null_arm_is_reported_as_the_tests_null():
+    """A replicate of the baseline (``twin``) is tested like a method, in the Holm family; findings.md
+    states its result as what the tests find where no difference exists."""
+    metrics = _study({"vanilla": 0.0, "better": -3.0, "twin": 0.0})
+    comparison = report.compare_methods(metrics, "vanilla")
+    assert set(comparison.tests["method"]) == {"better", "twin"}
+    (line,) = find.null_finding(comparison.tests, ["twin"], "vanilla")
+    assert line.startswith("- `twin` is `vanilla` again on other random streams")
+    assert "none is significant after Holm" in line
+    planted = comparison.tests.assign(significant=comparison.tests["method"] == "twin")  # a false positive
+    (line,) = find.null_finding(planted, ["twin"], "vanilla")
+    assert "6 significant after Holm where no difference exists (false positives: " in line
+    assert "FID, p_Holm = " in line

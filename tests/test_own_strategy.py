@@ -5,6 +5,7 @@ schema, the presets or the pipeline files changes.  Named variants of a register
 import sys
 
 import pytest
+import torch
 import yaml
 
 from diffusion_curriculum.stages import params as stage_params
@@ -109,3 +110,35 @@ def test_named_variants_and_own_strategies_are_checked_before_any_job(tmp_path, 
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = run_cli(["snakemake", "-n", "--cores", "1"], root, check=False)
     assert proc.returncode != 0 and "params.yaml: strategies.x.kind" in proc.stdout + proc.stderr
+
+
+def test_a_replicate_on_other_random_streams_is_the_baseline_again_with_other_weights(tmp_path):
+    """The A/A null arm: ``{kind: vanilla, seed_offset: K}`` trains vanilla on the streams of seed + K, is
+    filed under its study seed (so it samples that seed's noise) and is found by the report as a null."""
+    from diffusion_curriculum.report.readings import null_replicates
+
+    root = copy_pipeline(tmp_path / "pipeline")
+    params = _study(root, ["vanilla", "vanilla_aa"], {"vanilla_aa": {"kind": "vanilla", "seed_offset": 1000}})
+    params["train"].update(iterations=4, snapshots=[4], log_every=2)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_cli([sys.executable, "-m", "diffusion_curriculum.stages.prepare_data"], root)
+    models = {}
+    for method in ("vanilla", "vanilla_aa"):
+        run_cli(
+            [sys.executable, "-m", "diffusion_curriculum.stages.train",
+             "--data", "data/prepared/train.parquet", "--method", method, "--seed", "0",
+             "--out-dir", f"results/train/{method}/seed0", "--checkpoint-dir", f"ckpt/{method}"],
+            root,
+        )  # fmt: skip
+        models[method] = torch.load(root / f"results/train/{method}/seed0/model.pt", weights_only=True)
+    assert models["vanilla_aa"]["seed"] == models["vanilla"]["seed"] == 0  # sampled with seed 0's noise
+    first = next(iter(models["vanilla"]["ema"]))
+    assert not torch.equal(models["vanilla"]["ema"][first], models["vanilla_aa"]["ema"][first])
+    summary = yaml.safe_load((root / "results/train/vanilla_aa/seed0/summary.json").read_text())
+    assert summary["strategy"] == "vanilla" and summary["stream_seed"] == 1000
+    assert null_replicates(root / "results/train", ["vanilla", "vanilla_aa"], 0, "vanilla") == ["vanilla_aa"]
+
+    bad = yaml.safe_load(yaml.safe_dump(params))
+    bad["strategies"]["vanilla_aa"]["seed_offset"] = 0
+    with pytest.raises(stage_params.ParamsError, match=r"strategies\.vanilla_aa\.seed_offset"):
+        stage_params.validate(bad, "study.yaml")

@@ -1,12 +1,14 @@
 """The feature space of the sample-quality metrics, and the file of the ``domain`` classifier.
 
-Shared by the feature_net stage (which trains the ``domain`` classifier), fid_ref and evaluate, so the
-reference statistics and every scored sample set go through one and the same extractor.
+Shared by the feature_net stage (which trains the ``domain`` classifier), fid_ref, evaluate and
+evaluate_floor, so the reference statistics and every scored set go through one and the same extractor.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
 
 from . import metrics
 from .errors import InputFileError, SettingError
@@ -65,3 +67,15 @@ def build_extractor(
     return metrics.DomainFeatures(
         net, in_channels=record["kwargs"]["in_channels"], image_size=record["image_size"], device=device
     )
+
+
+def agreement_labels(labels: np.ndarray | None, extractor) -> tuple[np.ndarray | None, str | None]:
+    """The requested classes to score class agreement with, or None and why it is not scored."""
+    classes = getattr(extractor, "num_classes", None)
+    if classes is None:
+        return None, "the feature extractor has no logits over the data set's classes (features.extractor)"
+    if labels is None or (labels < 0).any():
+        return None, "the samples were not drawn for a class (an unconditional or text-conditional model)"
+    if labels.max() >= classes:
+        return None, f"requested class {int(labels.max())} is not one of the classifier's {classes} classes"
+    return labels.astype(np.int64), None

@@ -32,7 +32,6 @@ generated samples never need to be written out as image files.
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -41,7 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import special, stats
+from scipy import special
 from torch import nn
 from torch.nn import functional as F
 
@@ -59,7 +58,6 @@ __all__ = [
     "feature_stats",
     "frechet_distance",
     "class_agreement",
-    "bootstrap_intervals",
     "kid_from_features",
     "inception_score",
     "precision_recall",
@@ -439,8 +437,6 @@ def compute_metrics(
     kid_subset_size: int = 1000,
     seed: int = 0,
     requested_labels: np.ndarray | None = None,
-    bootstrap: int = 0,
-    confidence: float = 0.95,
 ) -> dict[str, float]:
     """FID, KID, precision and recall of ``fake_images`` against the reference, plus IS if ``probs_fn``
     and :func:`class_agreement` if also ``requested_labels`` (the class each sample was drawn for; the
@@ -452,8 +448,7 @@ def compute_metrics(
     e.g. :meth:`DomainFeatures.probs`.
 
     Returns ``{"fid", "kid", "precision", "recall"}`` and, with ``probs_fn``, ``"is_mean"``/``"is_std"``
-    (and ``"class_agreement"``).  ``bootstrap > 0`` adds ``<metric>_low`` / ``<metric>_high`` for FID, KID
-    and class agreement: see :func:`bootstrap_intervals`.
+    (and ``"class_agreement"``).
     """
     if reference is None:
         if real_images is None:
@@ -473,69 +468,9 @@ def compute_metrics(
     }
     if requested_labels is not None and probs_fn is None:
         raise ValueError("requested_labels need a probs_fn: class agreement is read off a classifier")
-    probs = None
     if probs_fn is not None:
         probs = _batched(probs_fn, fake_images, batch_size)
         out["is_mean"], out["is_std"] = inception_score(probs, is_splits)
         if requested_labels is not None:
             out["class_agreement"] = class_agreement(probs, requested_labels)
-    if bootstrap > 0:
-        agreement = (probs, requested_labels) if "class_agreement" in out else None
-        out |= bootstrap_intervals(
-            fake_feats, reference, bootstrap, confidence=confidence, seed=seed, agreement=agreement,
-            kid_subsets=max(1, kid_subsets // 10), kid_subset_size=kid_subset_size,
-        )  # fmt: skip
-    return out
-
-
-def bootstrap_intervals(
-    fake_feats: np.ndarray,
-    reference: dict[str, np.ndarray],
-    num_resamples: int,
-    *,
-    confidence: float = 0.95,
-    seed: int = 0,
-    agreement: tuple[np.ndarray, np.ndarray] | None = None,
-    kid_subsets: int = 10,
-    kid_subset_size: int = 1000,
-) -> dict[str, float]:
-    """Normal-approximation bootstrap intervals of FID, KID and (given ``agreement = (probs,
-    requested)``) class agreement: ``{metric}_low/_high`` = the estimate on all samples ± z times the
-    standard deviation over ``num_resamples`` resamples of the sample set (the reference held fixed).
-
-    They measure the spread that comes from which N images were drawn: the width that a set of real
-    images has (the floor) at a run's sample count.  The percentiles of the resamples are not used:
-    resampling with replacement repeats images, which raises FID and KID (fewer distinct images), so at
-    small N their percentile interval need not even contain the estimate; their spread carries over.
-    KID uses ``kid_subsets`` subsets per resample (fewer than the point estimate, for time), which only
-    widens its interval.  FID's lower end is clipped at 0 and class agreement's ends to [0, 1].
-    """
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if num_resamples < 2:
-        raise ValueError(f"num_resamples must be >= 2, got {num_resamples}")
-    feats = np.asarray(fake_feats, dtype=np.float64)
-    real_feats = np.asarray(reference["features"], dtype=np.float64)
-
-    def scores(rows: np.ndarray, kid_seed: int) -> dict[str, float]:
-        mu, sigma = feature_stats(feats[rows])
-        out = {
-            "fid": frechet_distance(reference["mu"], reference["sigma"], mu, sigma),
-            "kid": kid_from_features(real_feats, feats[rows], kid_subsets, kid_subset_size, seed=kid_seed),
-        }
-        if agreement is not None:
-            out["class_agreement"] = class_agreement(agreement[0][rows], agreement[1][rows])
-        return out
-
-    estimate = scores(np.arange(len(feats)), seed)
-    rng = np.random.default_rng(seed)
-    resampled = [scores(rng.integers(0, len(feats), len(feats)), seed + 1 + r) for r in range(num_resamples)]
-    z = float(stats.norm.ppf(0.5 + confidence / 2))
-    bounds = {"fid": (0.0, math.inf), "kid": (-math.inf, math.inf), "class_agreement": (0.0, 1.0)}
-    out = {}
-    for name, value in estimate.items():
-        half = z * float(np.std([r[name] for r in resampled], ddof=1))
-        lowest, highest = bounds[name]
-        out[f"{name}_low"] = max(lowest, value - half)
-        out[f"{name}_high"] = min(highest, value + half)
     return out

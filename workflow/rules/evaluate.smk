@@ -64,10 +64,9 @@ rule evaluate:
 
 rule evaluate_floor:
     input:
-        samples="results/features/floor.npz",
-        reference="results/features/reference.npz",
+        floor="results/features/floor.npz",
         feature_net="results/features/feature_net.pt",
-        code=code("evaluate"),
+        code=code("evaluate_floor"),
     output:
         metrics="results/metrics/floor.json",
     log:
@@ -79,6 +78,5 @@ rule evaluate_floor:
         file=PARAMS_FILE,
         sections=sections("features", "evaluate"),
     shell:
-        "python -m diffusion_curriculum.stages.evaluate --params {params.file:q} --threads {threads} --samples {input.samples}"
-        " --reference {input.reference} --feature-net {input.feature_net} --bootstrap 200"
-        " --out {output.metrics} > {log} 2>&1"
+        "python -m diffusion_curriculum.stages.evaluate_floor --params {params.file:q} --threads {threads}"
+        " --floor {input.floor} --feature-net {input.feature_net} --out {output.metrics} > {log} 2>&1"

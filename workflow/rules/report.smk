@@ -15,6 +15,7 @@ rule aggregate:
             run=RUNS,
             table=["loss_bins", "train_log", "transitions"],
         ),
+        run_summaries=expand("results/train/{run}/summary.json", run=RUNS),
         floor_metrics="results/metrics/floor.json",
         final_samples=expand(
             "results/samples/{method}/seed{seed}/step{step}/samples.npz",

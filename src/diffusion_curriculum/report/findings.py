@@ -115,7 +115,8 @@ def separation(
     confidence: float,
 ) -> list[str]:
     """Does each metric tell the baseline's final samples from real data at this sample count?  Its
-    interval over seeds against the floor's bootstrap interval (or the floor's value, lacking one)."""
+    interval over seeds against the floor's interval over its real sets (or the floor's value, lacking
+    one)."""
     lines = []
     for metric in ("class_agreement", "fid", "kid"):
         if metric not in floor:
@@ -136,7 +137,7 @@ def separation(
         )
         lines.append(
             f"- {label}: {baseline} {mean:.4g} ± {half:.2g} ({confidence:.0%} interval over seeds), "
-            f"{real} (95% bootstrap interval): {verdict}."
+            f"{real} (95% interval over disjoint sets of real images): {verdict}."
         )
     return lines
 
@@ -180,6 +181,29 @@ def comparison_finding(
     return lines
 
 
+def null_finding(tests: pd.DataFrame, null_methods: list[str], baseline: str) -> list[str]:
+    """The A/A null: each replicate of the baseline on other random streams, tested against it like any
+    method.  No difference exists there, so each significant metric is a false positive of the tests
+    (about 5% of the metrics by chance before Holm's correction, fewer after it)."""
+    lines = []
+    for method in null_methods:
+        rows = tests[tests["method"] == method]
+        hits = rows[rows["significant"]]
+        found = (
+            "none is significant after Holm"
+            if hits.empty
+            else f"{len(hits)} significant after Holm where no difference exists (false positives: "
+            + ", ".join(f"{metric_label(r.metric)}, p_Holm = {r.p_holm:.2g}" for r in hits.itertuples())
+            + ")"
+        )
+        smallest = rows["p_value"].min() if len(rows) else math.nan
+        lines.append(
+            f"- `{method}` is `{baseline}` again on other random streams (an A/A null): of {len(rows)} "
+            f"tested metrics, {found}; smallest unadjusted p = {smallest:.2g}."
+        )
+    return lines
+
+
 def feature_space_finding(feature_net: dict) -> str:
     """Which feature space FID, KID and precision/recall were computed in (feature_net's record)."""
     if feature_net.get("trained"):
@@ -204,16 +228,26 @@ def study_findings(
     confidence: float,
     final: int,
     num_floor: int,
+    null_methods: list[str] = (),
 ) -> list[str]:
-    """``findings.md``'s lines: sample quality against the floor, the methods against the baseline,
-    the experts' convergence, the KL curve, and the feature space the metrics live in."""
+    """``findings.md``'s lines: sample quality against the floor, the methods against the baseline (and
+    the A/A null arms, ``null_methods``, apart), the experts' convergence, the KL curve, and the feature
+    space the metrics live in."""
     num_seeds = int(comparison.summary.loc[comparison.summary["method"] == baseline, "n"].max())
+    tests = comparison.tests
+    methods_tests = tests[~tests["method"].isin(null_methods)] if len(tests) else tests
+    null = (
+        ["", "The tests where no difference exists:", *null_finding(tests, list(null_methods), baseline)]
+        if len(null_methods) and len(tests)
+        else []
+    )
     return [
         f"Sample quality against real data (`{baseline}`, step {final}, {num_floor} samples per set):",
         *separation(comparison.summary, floor, floor_interval, baseline, confidence),
         "",
         f"The methods against `{baseline}` ({num_seeds} seeds, paired; Holm over the methods):",
-        *comparison_finding(comparison.tests, comparison.detectable, baseline, alpha=SIGNIFICANCE),
+        *comparison_finding(methods_tests, comparison.detectable, baseline, alpha=SIGNIFICANCE),
+        *null,
         "",
         "Convergence of the per-interval experts (appendix B):",
         *convergence_finding(convergence),

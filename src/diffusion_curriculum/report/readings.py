@@ -18,9 +18,10 @@ from .stats import Comparison
 METRICS = ("class_agreement", "fid", "kid", "is_mean", "is_std", "precision", "recall")
 
 
-def read_record(path: Path, writer: str) -> dict:
-    """A JSON record that the stage ``writer`` wrote (named in the error when it is missing)."""
-    return read_json(path, hint=f"written by {writer}")
+def read_record(path: Path, writer: str, keys: tuple[str, ...] = ()) -> dict:
+    """A JSON record that the stage ``writer`` wrote (named in the error when it is missing), holding
+    ``keys``."""
+    return read_json(path, hint=f"written by {writer}", keys=keys)
 
 
 def read_table(path: Path, writer: str) -> pd.DataFrame:
@@ -54,8 +55,8 @@ def collect_run_tables(train_dir: Path, methods, seeds) -> dict[str, pd.DataFram
 
 
 def read_floor(path: Path) -> tuple[dict, dict[str, float], dict[str, tuple[float, float]]]:
-    """evaluate_floor's record, its metrics and their bootstrap intervals (where it has them)."""
-    record = read_record(path, "evaluate_floor")
+    """evaluate_floor's record, its metrics and their intervals over the floor sets (where it has them)."""
+    record = read_record(path, "evaluate_floor", keys=("num_samples", "num_sets"))
     floor = {m: _number(record[m]) for m in METRICS if record.get(m) is not None}
     interval = {
         m: (_number(record[f"{m}_low"]), _number(record[f"{m}_high"]))
@@ -63,6 +64,19 @@ def read_floor(path: Path) -> tuple[dict, dict[str, float], dict[str, tuple[floa
         if record.get(f"{m}_low") is not None and record.get(f"{m}_high") is not None
     }
     return record, floor, interval
+
+
+def null_replicates(train_dir: Path, methods, seed: int, baseline: str) -> list[str]:
+    """The methods that train the baseline's strategy on other random streams (a named variant with
+    ``seed_offset``): A/A null arms, whose paired tests against the baseline show what the tests find
+    where no difference can exist.  Read from each run's ``summary.json``."""
+    keys = ("seed", "strategy", "stream_seed")
+    runs = {m: read_record(train_dir / m / f"seed{seed}" / "summary.json", "train", keys) for m in methods}
+    strategy = runs[baseline]["strategy"]
+    return [
+        m for m, run in runs.items()
+        if m != baseline and run["strategy"] == strategy and run["stream_seed"] != run["seed"]
+    ]  # fmt: skip
 
 
 def run_metrics(metrics: pd.DataFrame, method: str, seed: int, step: int) -> dict[str, float]:
@@ -136,12 +150,12 @@ def _finite(value) -> float | None:
 
 
 def sample_grids(
-    floor_path: Path, samples: dict[str, Path], real_label: str = "real images (held out, {n})"
+    floor_path: Path, samples: dict[str, Path], real_label: str = "real images (held out)"
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The real floor images (fid_ref's ``floor.npz``) and each labelled sample set (``samples.npz``),
     in the order given, for :func:`~diffusion_curriculum.report.plot_sample_grids`."""
     real = read_grid(floor_path, "fid_ref")
-    grids = {real_label.format(n=len(real[0])): real}
+    grids = {real_label: real}
     for label, path in samples.items():
         grids[label] = read_grid(path, "sample")
     return grids

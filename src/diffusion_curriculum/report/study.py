@@ -72,6 +72,7 @@ def summary_markdown(
     confidence: float,
     num_seeds: int,
     num_floor: int,
+    num_floor_sets: int,
     samples_per_set: int,
 ) -> str:
     """``summary.md``: the comparison at the final step (with the floor row) and the iterations to
@@ -81,7 +82,9 @@ def summary_markdown(
         "",
         f"Mean ± {confidence:.0%} Student-t interval over {num_seeds} seed(s); Δ is the difference to "
         f"`{baseline}`, paired over seeds.  `{FLOOR_NAME}`: the same metrics on {num_floor} "
-        "held-out real images, what a perfect model would score at this sample count"
+        "held-out real images, what a perfect model would score at this sample count: the mean over "
+        f"{num_floor_sets} disjoint sets, each against the other held-out images, with the {confidence:.0%} "
+        "Student-t interval over the sets"
         + (
             f" (fewer than the {samples_per_set} of a sample set: FID and KID read high, an upper bound)."
             if num_floor < samples_per_set

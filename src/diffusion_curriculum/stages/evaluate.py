@@ -21,18 +21,6 @@ from diffusion_curriculum.io import atomic_write_json, read_json, read_npz
 from . import _cli, params
 
 
-def agreement_labels(labels: np.ndarray | None, extractor) -> tuple[np.ndarray | None, str | None]:
-    """The requested classes to score class agreement with, or None and why it is not scored."""
-    classes = getattr(extractor, "num_classes", None)
-    if classes is None:
-        return None, "the feature extractor has no logits over the data set's classes (features.extractor)"
-    if labels is None or (labels < 0).any():
-        return None, "the samples were not drawn for a class (an unconditional or text-conditional model)"
-    if labels.max() >= classes:
-        return None, f"requested class {int(labels.max())} is not one of the classifier's {classes} classes"
-    return labels.astype(np.int64), None
-
-
 def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
     path = Path(path)
     arrays = read_npz(path, hint="written by the sample stage", keys=("images",))
@@ -62,13 +50,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reference", required=True, help="reference.npz written by fid_ref")
     ap.add_argument("--feature-net", required=True, help="feature_net.pt written by feature_net")
     ap.add_argument("--out", required=True, help="the metrics JSON to write")
-    ap.add_argument(
-        "--bootstrap",
-        type=int,
-        default=0,
-        help="resamples for bootstrap intervals of FID, KID and class agreement (0: none); the floor "
-        "has no seeds to give it an interval, so its rule asks for them",
-    )
     args = ap.parse_args(argv)
     cfg = params.sections(args.params, "features", "evaluate")
     features, evaluation = cfg["features"], cfg["evaluate"]
@@ -80,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         features["extractor"], args.feature_net, device, inception_weights=features["inception_weights"],
         setting="features.inception_weights",
     )  # fmt: skip
-    requested, no_agreement = agreement_labels(labels, extractor)
+    requested, no_agreement = feature_space.agreement_labels(labels, extractor)
     scores = metrics.compute_metrics(
         None,
         images,
@@ -94,7 +75,6 @@ def main(argv: list[str] | None = None) -> None:
         kid_subset_size=evaluation["kid_subset_size"],
         seed=evaluation["seed"],
         requested_labels=requested,
-        bootstrap=args.bootstrap,
     )
     record = {
         **{name: float(value) for name, value in scores.items()},

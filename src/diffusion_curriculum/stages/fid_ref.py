@@ -1,13 +1,14 @@
-"""Stage fid_ref: reference statistics of the real data in the metrics' feature space, and the floor set.
+"""Stage fid_ref: reference statistics of the real data in the metrics' feature space, and the floor sets.
 
 Writes ``reference.npz`` (``mu``, ``sigma`` and the ``features`` that KID and precision/recall need, plus
-the extractor's name), ``reference.json`` (what went in) and ``floor.npz``: as many held-out real images
-as a sample set has (``sample.num_samples``), with their labels, in the layout of ``samples.npz``.
-Scored like samples (``evaluate_floor``), they give every metric's floor: what the metric reads for real
-data at this sample count.  The floor images are left out of the reference statistics; with the domain
-extractor both come from the split its classifier never trained on (:func:`split_real_images`), so
-neither the statistics nor the class agreement have seen them.  This stage reads ``features`` and
-``sample.num_samples`` only.
+the extractor's name), ``reference.json`` (what went in) and ``floor.npz``: up to five disjoint sets of
+held-out real images, each as large as a sample set (``sample.num_samples``), with their labels, and for
+each set the reference statistics of the other held-out images.  Scored like samples (``evaluate_floor``),
+they give every metric's floor: what the metric reads for real data at this sample count, as a mean over
+the sets with an interval over them, as the methods' readings have over seeds.  Set 0's reference is
+``reference.npz``, the one every sample set is scored against.  With the domain extractor all of them come
+from the split its classifier never trained on (:func:`split_real_images`), so neither the statistics nor
+the class agreement have seen them.  This stage reads ``features`` and ``sample.num_samples`` only.
 """
 
 from __future__ import annotations
@@ -26,18 +27,22 @@ from diffusion_curriculum.io import atomic_savez, atomic_write_json
 from . import _cli, params
 
 REFERENCE_SUBSET_SEED = 0  # the same real images every time, whatever other seeds say
+MAX_FLOOR_SETS = 5  # a Student-t interval over five sets is 1.24 standard deviations wide; more add little
 
 
 def split_real_images(
     num_images: int, num_floor: int, held_out: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of the prepared images for the floor set and for the reference statistics, disjoint: the
-    floor gets ``num_floor`` rows, or half the pool when the pool holds fewer than twice that.
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(floor_rows, reference_rows)`` of the prepared images for each floor set: the floor sets are
+    disjoint, each of ``num_floor`` rows, and each set's reference is every other image of the pool, so
+    all references are equally large and each is disjoint from its floor.  As many sets as the pool holds
+    beside one reference (at most :data:`MAX_FLOOR_SETS`); a pool smaller than twice ``num_floor`` gives
+    two sets of half the pool, each the other's reference.
 
-    With a domain classifier both come from the split it never trained on: its features of the images it
+    With a domain classifier the pool is the split it never trained on: its features of the images it
     was fit to are not those of new images (tighter, more confident), so statistics of seen images would
     read every new image -- a sample or a held-out real one -- as farther from the data than it is.
-    Without a classifier: a fixed random permutation of all images.  The floor keeps the split's random
+    Without a classifier: a fixed random permutation of all images.  A floor set keeps the split's random
     order (metrics that read contiguous chunks, like IS, see mixed classes, as in a sample set).
     """
     pool = (
@@ -56,12 +61,17 @@ def split_real_images(
         # upper bound of the floor (the report says so).
         used = len(pool) // 2
         print(
-            f"fid_ref: only {len(pool)} real images for the floor and the reference: the floor gets {used} "
-            f"(sample.num_samples is {num_floor}) and reads as an upper bound",
+            f"fid_ref: only {len(pool)} real images for the floor and the reference: each floor set gets "
+            f"{used} (sample.num_samples is {num_floor}) and reads as an upper bound",
             file=sys.stderr,
         )
         num_floor = used
-    return pool[:num_floor], np.sort(pool[num_floor:])
+    num_sets = min(MAX_FLOOR_SETS, len(pool) // num_floor)
+    sets = []
+    for i in range(num_sets):
+        rows = np.arange(i * num_floor, (i + 1) * num_floor)
+        sets.append((pool[rows], np.sort(np.delete(pool, rows))))
+    return sets
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,25 +89,37 @@ def main(argv: list[str] | None = None) -> None:
         raise InputFileError(args.data, f"holds {dataset.kind}; reference statistics need pixel images")
     record = feature_space.load_feature_net(args.feature_net)
     held_out = record["held_out"].numpy() if record.get("trained") else None
-    floor_rows, reference_rows = split_real_images(len(dataset), num_floor, held_out)
-    floor = dataset.select(floor_rows)
-    real = data.subset(dataset.select(reference_rows), cfg["reference_images"], seed=REFERENCE_SUBSET_SEED)
+    sets = split_real_images(len(dataset), num_floor, held_out)
     extractor = feature_space.build_extractor(
         cfg["extractor"], args.feature_net, device, inception_weights=cfg["inception_weights"],
         setting="features.inception_weights",
     )  # fmt: skip
-    stats = metrics.reference_stats(real.images, extractor, batch_size=cfg["batch_size"])
+    floors, reals, references = [], [], []
+    for floor_rows, reference_rows in sets:
+        floors.append(dataset.select(floor_rows))
+        reference = dataset.select(reference_rows)
+        reals.append(data.subset(reference, cfg["reference_images"], seed=REFERENCE_SUBSET_SEED))
+        references.append(metrics.reference_stats(reals[-1].images, extractor, batch_size=cfg["batch_size"]))
+    stats, real = references[0], reals[0]  # the reference every sample set is scored against
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = feature_space.extractor_name(cfg["extractor"])
     atomic_savez(out / "reference.npz", extractor=np.array(name), **stats)
-    atomic_savez(out / "floor.npz", images=floor.images, labels=floor.labels)  # labels: -1 when unlabeled
+    atomic_savez(
+        out / "floor.npz",
+        images=np.concatenate([f.images for f in floors]),
+        labels=np.concatenate([f.labels for f in floors]),  # -1 when unlabeled
+        floor_set=np.repeat(np.arange(len(floors)), [len(f) for f in floors]),
+        extractor=np.array(name),
+        **{f"reference_{key}": np.stack([r[key] for r in references]) for key in ("mu", "sigma", "features")},
+    )
     atomic_write_json(
         {
             "extractor": name,
             "num_images": len(real),
-            "num_floor_images": len(floor),
+            "num_floor_images": len(floors[0]),
+            "num_floor_sets": len(floors),
             "floor_from": "the domain classifier's held-out split" if held_out is not None else "all images",
             "feature_dim": int(stats["features"].shape[1]),
             "data_sha256": data.content_hash(real),
@@ -106,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"fid_ref: {len(real)} real images, {stats['features'].shape[1]}-d {name} features; "
-        f"{len(floor)} held-out floor images -> {out}"
+        f"{len(floors)} floor sets of {len(floors[0])} held-out images -> {out}"
     )
 
 

@@ -99,6 +99,7 @@ def check_strategies(params: dict, source: str = "params.yaml") -> None:
             )
         entry = dict(entries[name])
         kind = entry.pop("kind", name)
+        entry.pop("seed_offset", None)  # a run setting beside the strategy's arguments, not one of them
         if kind in registered and kind != name:
             own_schema = {"$defs": schema["$defs"], **registered[kind]}
             errors = list(_Validator(own_schema).iter_errors(entry))

@@ -87,19 +87,22 @@ def main(argv: list[str] | None = None) -> None:
         low, high = stitched["unit_low"], stitched["unit_high"]
         denoiser = samplers.stitched_denoiser(denoiser, expert, schedule, low, high)
     encoded = read_json(args.encoding, hint="written by encode_latents") if args.encoding else None
+    # Each training seed draws its own noise (and captions), so a method's spread over seeds holds the
+    # sampling noise that a replication would have; the methods at one seed share it, which pairs them.
+    noise_seed = cfg["seed"] + (ckpt["seed"] or 0)
     arch, captions = ckpt["arch"], None
     if arch.get("text_dim", 0) > 0:
         if args.captions is None or encoded is None:
             ap.error(f"{model} is a text-conditional model: give its --captions and the --encoding manifest")
         embeddings = read_text_captions(args.captions, encoded["count"], f"{model}: the model's condition")
-        captions, caption_images = sampling_captions(embeddings, cfg["num_samples"], cfg["seed"])
+        captions, caption_images = sampling_captions(embeddings, cfg["num_samples"], noise_seed)
     options = {"clip_x0": cfg["clip_x0"]} if cfg["sampler"] in ("ddpm", "ddim") else {}
     if cfg["sampler"] == "ddpm":
         options["variance"] = cfg["ddpm_variance"]
     x, labels = samplers.generate(
         denoiser, schedule, cfg["num_samples"], cfg["batch_size"],
         shape=(arch["in_channels"], arch["input_size"], arch["input_size"]), sampler=cfg["sampler"],
-        steps=cfg["steps"], generator=torch.Generator(device=device).manual_seed(cfg["seed"]), device=device,
+        steps=cfg["steps"], generator=torch.Generator(device=device).manual_seed(noise_seed), device=device,
         num_classes=arch["num_classes"], captions=captions, cfg_scale=cfg["cfg_scale"],
         bf16=params.resolve_bf16(cfg["precision"], device), **options,
     )  # fmt: skip
@@ -135,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     atomic_write_json(
         {
             "model": str(model), "official_weights": bool(args.weights), "model_step": ckpt["step"],
-            "method": ckpt["method"], "train_seed": ckpt["seed"], "expert": expert,
+            "method": ckpt["method"], "train_seed": ckpt["seed"], "noise_seed": noise_seed, "expert": expert,
             "decoded_by": str(decoder.path) if decoder is not None else None, **cfg, "device": device,
         },
         out / "settings.json",

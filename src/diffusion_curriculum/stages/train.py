@@ -23,7 +23,13 @@ from diffusion_curriculum.gpu import pick_device
 from diffusion_curriculum.io import atomic_torch_save, atomic_write_json
 from diffusion_curriculum.live import LiveLog
 from diffusion_curriculum.models import count_parameters
-from diffusion_curriculum.timesteps import Intervals, check_strategy_entry, make_strategy, strategy_parameters
+from diffusion_curriculum.timesteps import (
+    SEED_OFFSET,
+    Intervals,
+    check_strategy_entry,
+    make_strategy,
+    strategy_parameters,
+)
 from diffusion_curriculum.timesteps.curriculum import TRANSITION_COLUMNS
 from diffusion_curriculum.training import train_loop
 
@@ -74,14 +80,14 @@ def _arguments(argv: list[str] | None):
     return ap.parse_args(argv)
 
 
-def _write_outputs(out: Path, args, result, model_record, snapshots, snapshot_steps, device: str) -> None:
+def _write_outputs(out: Path, args, result, model_record, snapshots, snapshot_steps, run: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     runs.write_history(result.history, out, TRANSITION_COLUMNS)
     atomic_torch_save(model_record(result.step, result.net, result.ema), out / "model.pt")
     snapshots.publish(out / checkpoints.SNAPSHOT_DIR, snapshot_steps)
-    summary = {"method": args.method, "seed": args.seed, "iterations": result.step}
+    summary = {"method": args.method, "seed": args.seed, "iterations": result.step, **run}
     summary |= {"resumed_from": result.resumed_from, "final_loss": result.history["steps"][-1]["loss"]}
-    summary |= {"transitions": result.history["transitions"], "device": device}
+    summary["transitions"] = result.history["transitions"]
     atomic_write_json(summary, out / "summary.json")
 
 
@@ -94,6 +100,18 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.params}: method {args.method!r} has no entry under 'strategies' "
             f"(configured: {sorted(cfg['strategies'])})"
         )
+    cfg["strategy"] = entry = cfg.pop("strategies")[args.method]
+    # A named variant (strategies.dtd_tau50: {kind: dtd, ...}) or a strategy of the user's own
+    # (kind: my_module:MyStrategy); without `kind` the entry's name is the registered strategy.
+    try:
+        check_strategy_entry(args.method, entry)
+    except ValueError as err:
+        raise params.ParamsError(f"{args.params}: {err}") from None
+    kind = entry.get("kind", args.method)
+    strategy_params = {key: value for key, value in entry.items() if key not in ("kind", SEED_OFFSET)}
+    # A replicate on other random streams (an A/A null) trains on seed + offset but is filed, and
+    # sampled, under its study seed, so its samples share that seed's noise like any other method's.
+    stream_seed = args.seed + entry.get(SEED_OFFSET, 0)
     if train_cfg["data_parallel"] > 1 and "LOCAL_RANK" not in os.environ:
         runs.relaunch_under_torchrun(train_cfg["data_parallel"], __spec__.name, argv)
     device = params.resolve_device(train_cfg["device"])
@@ -104,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     setup = runs.prepare_training(
         args.data, schedule={"framework": diff["framework"], **diff[diff["framework"]]},
         prediction=diff["prediction"], model=model_cfg["name"], condition=model_cfg["condition"],
-        condition_dropout=model_cfg["condition_dropout"], captions_path=args.captions, seed=args.seed,
+        condition_dropout=model_cfg["condition_dropout"], captions_path=args.captions, seed=stream_seed,
         condition_source=f"{args.params}: model.condition",
     ).to(device)  # fmt: skip
     if args.curriculum:
@@ -113,15 +131,6 @@ def main(argv: list[str] | None = None) -> None:
         intervals = Intervals.uniform(
             params.sections(args.params, "curriculum")["curriculum"]["num_clusters"]
         )
-    cfg["strategy"] = entry = cfg.pop("strategies")[args.method]
-    # A named variant (strategies.dtd_tau50: {kind: dtd, ...}) or a strategy of the user's own
-    # (kind: my_module:MyStrategy); without `kind` the entry's name is the registered strategy.
-    try:
-        check_strategy_entry(args.method, entry)
-    except ValueError as err:
-        raise params.ParamsError(f"{args.params}: {err}") from None
-    kind = entry.get("kind", args.method)
-    strategy_params = {key: value for key, value in entry.items() if key != "kind"}
     facts = with_run_facts(kind, strategy_params, diff["prediction"], train_cfg["iterations"])
     strategy = make_strategy(kind, setup.schedule, intervals, **facts)
     fingerprint = params.fingerprint(
@@ -146,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         run_dir=args.checkpoint_dir,
         **{key: train_cfg[key] for key in LOOP_KEYS},
         adam_betas=(train_cfg["adam_beta1"], train_cfg["adam_beta2"]),
-        seed=args.seed,
+        seed=stream_seed,
         device=device,
         bf16=params.resolve_bf16(train_cfg["precision"], device),
         fingerprint=fingerprint,
@@ -167,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_PREEMPTED)
     if rank:  # rank 0 writes the outputs; the others are done
         return
-    _write_outputs(Path(args.out_dir), args, result, model_record, snapshots, train_cfg["snapshots"], device)
+    run = {"strategy": kind, "stream_seed": stream_seed, "device": device}
+    _write_outputs(Path(args.out_dir), args, result, model_record, snapshots, train_cfg["snapshots"], run)
     # Timings go to the log, not the outputs: identical runs must give identical files.
     print(f"train: {result.step - result.resumed_from} steps in {elapsed:.1f} s on {device}")
     # The outputs are complete; the resumable state is no longer needed.

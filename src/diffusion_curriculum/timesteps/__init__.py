@@ -60,6 +60,7 @@ __all__ = [
     "STRATEGIES",
     "make_strategy",
     "check_strategy_entry",
+    "SEED_OFFSET",
     "strategy_class",
     "strategy_parameters",
 ]
@@ -139,14 +140,17 @@ def make_strategy(kind: str, schedule: NoiseSchedule, intervals: Intervals, **pa
 
 # Facts of the run the train stage passes to the strategies that take them (not written in their entry).
 RUN_FACTS = ("prediction", "total_steps")
+SEED_OFFSET = "seed_offset"  # strategies.<name>.seed_offset: train on the streams of seed + offset
 
 
 def check_strategy_entry(name: str, entry: dict) -> None:
     """Check a params file's ``strategies.<name>`` entry: its ``kind`` (``name`` when absent) names a
     strategy class, and the entry holds exactly the arguments that class takes (less :data:`RUN_FACTS`).
-    Raises ValueError naming ``strategies.<name>``."""
+    Raises ValueError naming ``strategies.<name>``.  ``seed_offset`` (a replicate on other random
+    streams) is the train stage's, not the class's."""
     arguments = dict(entry)
     kind = arguments.pop("kind", name)
+    arguments.pop(SEED_OFFSET, None)
     where = f"strategies.{name}"
     try:
         accepted = strategy_parameters(kind)
