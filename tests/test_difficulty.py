@@ -117,6 +117,27 @@ def test_plateau_step_of_noisy_exponential_decay():
     assert abs(plateau_step(steps, noisy, tolerance=0.05, window=200) - tau * math.log(20)) < 150
 
 
+def test_the_decrease_band_reads_the_fall_whatever_the_floor():
+    """a + b exp(-s/tau): the decrease band settles where all but 1% of the fall from `start` is made,
+    start + tau ln 100, for a floor a of 1 or of 1e-3 alike; the plateau band asks for 1% of the floor,
+    which a low floor (a high-noise task's loss) puts far later."""
+    steps = np.arange(1, 4001)
+    tau, start = 300.0, 100
+    analytic = start + tau * math.log(100)  # 1481.6
+    for floor in (1.0, 1e-3):
+        curve = floor + np.exp(-steps / tau)
+        got = plateau_step(steps, curve, window=20, band="decrease", start=start)
+        assert abs(got - analytic) <= 5, (floor, got)
+    assert abs(plateau_step(steps, 1.0 + np.exp(-steps / tau), window=20) - tau * math.log(100)) <= 5
+    assert plateau_step(steps, 1e-3 + np.exp(-steps / tau), window=20) > 2 * analytic  # tau ln 1e5
+    # Noise proportional to the loss (as a diffusion loss's is) leaves the decrease step in place.
+    rng = np.random.default_rng(0)
+    noisy = (1e-3 + np.exp(-steps / tau)) * (1 + 0.1 * rng.standard_normal(steps.size))
+    assert abs(plateau_step(steps, noisy, window=200, band="decrease", start=start) - analytic) < 100
+    with pytest.raises(ValueError, match="band must be one of"):
+        plateau_step(steps, noisy, band="level")
+
+
 def test_plateau_step_is_nan_when_the_curve_never_settles():
     steps = np.arange(10, 1001, 10)
     assert math.isnan(plateau_step(steps, 2.0 - steps / 1000))  # still falling steeply at the end
@@ -263,8 +284,9 @@ def test_convergence_finding_says_how_many_intervals_settled():
     )
     lines = convergence_finding(table)
     assert lines == [
-        "- 4 of 20 experts settled on a plateau (within `convergence.tolerance` of the mean of their last "
-        "steps): not converged at this budget; no trend of either measure is read."
+        "- 4 of 20 experts settled on a plateau (within `convergence.tolerance` of the `convergence.band` "
+        "around the mean of their last steps): not converged at this budget; no trend of either measure is "
+        "read."
     ]
     plateau[:14] = np.linspace(2000, 1000, 14)  # 18 of 20 settled: both trends are read
     lines = convergence_finding(table.assign(plateau_step=plateau, settled=~np.isnan(plateau)))

@@ -247,6 +247,9 @@ def oscillation_onset(steps, losses, start: float = 100, window: float | None = 
     return Oscillation(onset=float(grid[int(np.argmax(turned))]), increases=increases)
 
 
+PLATEAU_BANDS = ("plateau", "decrease")
+
+
 def plateau_step(
     steps,
     losses,
@@ -254,13 +257,25 @@ def plateau_step(
     window: float | None = None,
     final_fraction: float = 0.1,
     atol: float = 0.0,
+    band: str = "plateau",
+    start: float = 0.0,
 ) -> float:
     """A noise-robust convergence point: the first training step from which the smoothed loss stays
-    within ``tolerance`` (relative) of its final plateau.
+    within a band around its final plateau: ``tolerance`` of the plateau (``band="plateau"``) or of the
+    loss's decrease from step ``start`` to the plateau (``band="decrease"``).
 
         plateau = the mean loss over the last ``final_fraction`` of the step range,
         m_k     = the mean loss over the ``window`` training steps centred on step k,
-        plateau_step = min{ k : |m_j - plateau| <= tolerance * |plateau| + atol  for all steps j >= k }.
+        width   = tolerance * |plateau|                      (plateau)
+                  tolerance * max(m_start - plateau, 0)      (decrease; m_start: m at the first step >= start)
+        plateau_step = min{ k : |m_j - plateau| <= width + atol  for all steps j >= k }.
+
+    The decrease band asks when a curve has made all but ``tolerance`` of its fall: for a + b exp(-s/tau)
+    that is start + tau ln(1/tolerance), whatever the floor a.  The plateau band asks the same of a
+    curve's level, so the lower the floor, the finer the loss must be resolved: a task whose loss ends
+    a thousand times lower must settle a thousand times more precisely, and its per-step noise (a share
+    of its own loss) rarely allows it.  Comparing tasks whose losses differ by orders of magnitude (the
+    noise levels of one diffusion model) needs the decrease band.
 
     Steps, not log rows: a log row that averages ``log_every`` steps counts for each of those steps
     (the curve is piecewise constant between rows), so every mean above is over training steps and the
@@ -283,10 +298,17 @@ def plateau_step(
     steps, losses = _curve_arrays(steps, losses)
     if not tolerance >= 0 or not atol >= 0:
         raise ValueError(f"tolerance and atol must be >= 0, got {tolerance!r}, {atol!r}")
+    if band not in PLATEAU_BANDS:
+        raise ValueError(f"band must be one of {PLATEAU_BANDS}, got {band!r}")
     curve = _StepCurve.of(steps, losses)
     plateau = curve.tail_mean(final_fraction)
     grid, smooth = curve.smoothed(curve.window_steps(window))
-    outside = np.flatnonzero(np.abs(smooth - plateau) > tolerance * abs(plateau) + atol)
+    if band == "plateau":
+        width = tolerance * abs(plateau)
+    else:
+        first = min(int(np.searchsorted(grid, start)), grid.size - 1)
+        width = tolerance * max(float(smooth[first]) - plateau, 0.0)
+    outside = np.flatnonzero(np.abs(smooth - plateau) > width + atol)
     if outside.size == 0:
         return float(grid[0])
     first_settled = int(outside[-1]) + 1
@@ -321,6 +343,7 @@ def convergence_table(
     tolerance: float = 0.01,
     window: float | None = None,
     final_fraction: float = 0.1,
+    band: str = "plateau",
 ) -> pd.DataFrame:
     """Convergence points of the N expert models, one row per interval (appendix B of arXiv 2403.10348).
 
@@ -332,7 +355,7 @@ def convergence_table(
     * ``interval``, ``unit_low``, ``unit_high``  the interval and its cell [unit_low, unit_high) of u,
     * ``increases_after_start``, ``oscillation_onset``  :func:`oscillation_onset` (count and step; NaN
       where the onset is ``start`` itself: censored, the loss was already flat within its noise there),
-    * ``plateau_step``  :func:`plateau_step`,
+    * ``plateau_step``  :func:`plateau_step` (``band``: ``plateau`` or ``decrease``, from ``start``),
     * ``final_loss``  the plateau level: mean loss over the last ``final_fraction`` of the steps,
     * ``settled``  whether ``plateau_step`` is finite (the loss settled within the run).
 
@@ -361,8 +384,9 @@ def convergence_table(
         steps, losses = _curve_arrays(frame["step"].to_numpy(), frame["loss"].to_numpy(), where)
         osc = oscillation_onset(steps, losses, start=start, window=window)
         plateau = plateau_step(
-            steps, losses, tolerance=tolerance, window=window, final_fraction=final_fraction
-        )
+            steps, losses, tolerance=tolerance, window=window, final_fraction=final_fraction, band=band,
+            start=start,
+        )  # fmt: skip
         rows.append(
             {
                 "interval": i,

@@ -36,7 +36,8 @@ def convergence_finding(convergence: pd.DataFrame) -> list[str]:
     if plateau.verdict == NOT_CONVERGED:
         return [
             f"- {settled} of {total} experts settled on a plateau (within `convergence.tolerance` of the "
-            f"mean of their last steps): {NOT_CONVERGED}; no trend of either measure is read."
+            f"`convergence.band` around the mean of their last steps): {NOT_CONVERGED}; no trend of either "
+            "measure is read."
         ]
     lines = []
     for column, label in (("oscillation_onset", "oscillation onset"), ("plateau_step", "plateau step")):

@@ -3,7 +3,8 @@
 Reads every expert's ``loss_curve.parquet`` and writes ``convergence.parquet``, one row per interval:
 the paper's measure (the step after ``convergence.start`` where the loss, averaged over
 ``convergence.window`` training steps, stops falling and starts to oscillate) and a noise-robust one (the
-first step from which that smoothed loss stays within ``convergence.tolerance`` of its final plateau),
+first step from which that smoothed loss stays within ``convergence.tolerance`` of its fall to its final
+plateau, or of the plateau itself: ``convergence.band``),
 and whether the loss settled at all; see :mod:`diffusion_curriculum.difficulty`.
 """
 
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         tolerance=conv["tolerance"],
         window=conv["window"],
         final_fraction=conv["final_fraction"],
+        band=conv["band"],
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out) as tmp:
