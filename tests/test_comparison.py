@@ -148,3 +148,26 @@ def test_an_a_a_null_arm_is_reported_as_the_tests_null():
     (line,) = find.null_finding(planted, ["twin"], "vanilla")
     assert "6 significant after Holm where no difference exists (false positives: " in line
     assert "FID, p_Holm = " in line
+
+
+def test_the_floor_separation_reads_the_difference_where_the_intervals_overlap():
+    """Overlapping intervals are a stricter test than the difference's own: where they overlap, the
+    baseline minus the floor gets Welch's interval; the floor's standard error comes from its interval
+    over its sets, and the numbers match scipy's Welch t test on the same spreads."""
+    base, sets = np.array([11.0, 12.5, 14.0]), np.array([8.0, 9.0, 10.0, 7.0, 9.5])
+    _, mean, std, half = report.mean_ci(base)
+    _, f_mean, f_std, f_half = report.mean_ci(sets)
+    diff, low, high, df = find.floor_difference(mean, std, 3, f_mean, f_half, 5, 0.95)
+    welch = sps.ttest_ind(base, sets, equal_var=False)
+    assert diff == pytest.approx(base.mean() - sets.mean()) and df == pytest.approx(welch.df)
+    ci = welch.confidence_interval(0.95)
+    assert (low, high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    summary = pd.DataFrame(
+        [{"method": "vanilla", "metric": "fid", "mean": mean, "std": std, "ci": half, "n": 3}]
+    )
+    floor, interval = {"fid": f_mean}, {"fid": (f_mean - f_half, f_mean + f_half)}
+    (line,) = find.separation(summary, floor, interval, "vanilla", 0.95, floor_sets=5)
+    assert mean - half < f_mean + f_half  # the intervals overlap ...
+    assert "the intervals overlap, but the difference +3.8" in line and "excludes 0" in line  # ... yet apart
+    (line,) = find.separation(summary.assign(mean=f_mean + 0.5), floor, interval, "vanilla", 0.95, 5)
+    assert "**not** separated" in line and "holds 0" in line
