@@ -126,7 +126,8 @@ def test_the_documents_carry_the_tests_and_the_detectable_differences():
                                   num_floor_sets=5, samples_per_set=1500)  # fmt: skip
     assert "# Paired tests against `vanilla`" in text and "# Minimum detectable differences" in text
     assert "fid_area" not in views.table.columns.str.cat()  # the final-step table shows snapshot metrics
-    headline = read.headline_metrics(comparison, floor)
+    headline = read.headline_metrics(comparison, floor, intervals)
+    assert headline["floor"]["fid_low"] == pytest.approx(4.5) and headline["floor"]["fid_high"] == 5.5
     assert headline["better"]["fid_significant"] is True
     assert headline["same"]["fid_significant"] is False
     assert set(headline["minimum_detectable_difference"]) == set(report.TESTED_METRICS)

@@ -114,13 +114,18 @@ def read_grid(path: Path, writer: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def headline_metrics(comparison: Comparison, floor: dict) -> dict:
-    """``{method: {metric: mean, metric_ci: half-width, ...}, "floor": {metric: value}}`` for
+def headline_metrics(
+    comparison: Comparison, floor: dict, floor_interval: dict[str, tuple[float, float]] | None = None
+) -> dict:
+    """``{method: {metric: mean, metric_ci: half-width, ...}, "floor": {metric: value, metric_low,
+    metric_high}}`` (the floor's interval where ``floor_interval`` has one) for
     ``dvc metrics diff``, from :func:`~diffusion_curriculum.report.stats.compare_methods`: each compared
     method also gets, per tested metric, ``<metric>_diff_vs_baseline``, ``_diff_ci``, ``_p_holm`` and
     ``_significant``, and ``minimum_detectable_difference`` holds the detectable difference per metric."""
     summary, reach, tests, detectable = comparison
     out: dict[str, dict] = {"floor": {m: _finite(v) for m, v in floor.items()}}
+    for metric, (low, high) in (floor_interval or {}).items():
+        out["floor"] |= {f"{metric}_low": _finite(low), f"{metric}_high": _finite(high)}
     for row in summary.itertuples():
         entry = out.setdefault(row.method, {})
         entry[row.metric] = _finite(row.mean)

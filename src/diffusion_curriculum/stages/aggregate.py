@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     comparison = report.compare_methods(metrics, baseline, confidence, CURVE_METRICS)
     with atomic_path(out / "summary.parquet") as tmp:
         comparison.summary.to_parquet(tmp, index=False)
-    atomic_write_json(read.headline_metrics(comparison, floor), out / "metrics.json")
+    atomic_write_json(read.headline_metrics(comparison, floor, floor_interval), out / "metrics.json")
 
     shown = f"seed{seeds[0]}", f"step{final}"  # one sample set per method in the grid
     samples = {f"{m} (seed {seeds[0]}, step {final})": Path(args.samples_dir, m, *shown) for m in methods}
