@@ -13,13 +13,13 @@ wide.  Writes ``floor.json``: ``{metric}``, ``{metric}_low``, ``{metric}_high`` 
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
 
 from diffusion_curriculum import features as feature_space
 from diffusion_curriculum import metrics
 from diffusion_curriculum.errors import InputFileError
 from diffusion_curriculum.gpu import pick_device
 from diffusion_curriculum.io import atomic_write_json, read_npz
-from diffusion_curriculum.report.stats import mean_ci
 
 from . import _cli, params
 
@@ -36,7 +36,11 @@ def summarize_sets(readings: list[dict[str, float]], confidence: float = CONFIDE
         values = [r[name] for r in readings if name in r]
         if len(values) != len(readings):
             continue
-        _, mean, _, half = mean_ci(values, confidence)
+        # The report's form of a mean over seeds (report.stats.mean_ci), computed here so that this stage
+        # does not import the report package (and rerun whenever a figure changes).
+        mean = float(np.mean(values))
+        half = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * np.std(values, ddof=1))
+        half /= np.sqrt(len(values))
         out[name] = mean
         if name != "is_std":
             out[f"{name}_low"], out[f"{name}_high"] = mean - half, mean + half
