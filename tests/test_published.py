@@ -43,8 +43,10 @@ def test_every_method_has_every_metric_with_its_interval(published):
 
 
 def test_the_floor_and_the_detectable_differences_are_reported(published):
+    floor = published["floor"]
     for metric in ("class_agreement", "fid", "kid"):
-        assert _finite(published["floor"][metric]), metric
+        assert _finite(floor[metric]), metric
+        assert floor[f"{metric}_low"] <= floor[metric] <= floor[f"{metric}_high"], metric  # over its sets
     detectable = published["minimum_detectable_difference"]
     assert set(detectable) == set(report.TESTED_METRICS)
     assert all(_finite(v) and v > 0 for v in detectable.values()), detectable
@@ -87,3 +89,15 @@ def test_the_publish_script_reads_job_times_from_a_snakemake_log(tmp_path):
     durations, span = publish.job_times(log)
     assert durations == {"sample": [30.0], "train": [200.0]} and span == 200.0
     assert publish.stage_table(durations)[2].startswith("| `train` | 1 | 200 s (200–200) | 200 |")
+
+
+def test_the_study_has_its_a_a_null_and_says_what_it_found(published):
+    """The replicate of vanilla on other random streams is in the study and findings.md reports it."""
+    cfg = params.load(REPO / "configs" / "cpu_study.yaml")
+    nulls = [
+        m for m, entry in cfg["strategies"].items() if m in cfg["study"]["methods"] and "seed_offset" in entry
+    ]
+    assert nulls and all(cfg["strategies"][m]["kind"] == cfg["report"]["baseline"] for m in nulls)
+    findings = (FOLDER / "findings.md").read_text()
+    for method in nulls:
+        assert f"- `{method}` is `{cfg['report']['baseline']}` again on other random streams" in findings
