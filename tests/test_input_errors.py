@@ -70,6 +70,28 @@ def test_bad_samples_are_named(tmp_path, capsys, arrays, problem):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("stage", ["evaluate", "evaluate_floor"])
+def test_statistics_from_another_feature_space_are_refused(tmp_path, capsys, stage):
+    """Reference statistics (or floor sets) made with the Inception network are not scored in the
+    domain classifier's space that smoke.yaml selects: the file and both spaces are named."""
+    from diffusion_curriculum.stages import evaluate_floor
+
+    foreign = "inception:clean-fid-torchscript"
+    stats_file, out = tmp_path / "stats.npz", tmp_path / "metrics.json"
+    if stage == "evaluate":
+        np.savez(tmp_path / "samples.npz", images=np.zeros((4, 16, 16, 1), np.uint8))
+        np.savez(stats_file, extractor=foreign, features=np.zeros((4, 8), np.float32))
+        main = evaluate.main
+        argv = ["--samples", str(tmp_path / "samples.npz"), "--reference", str(stats_file)]
+    else:
+        keys = {key: np.zeros(1) for key in evaluate_floor.FLOOR_KEYS}
+        np.savez(stats_file, **{**keys, "extractor": foreign})
+        main, argv = evaluate_floor.main, ["--floor", str(stats_file)]
+    err = one_line_error(capsys, main, [*argv, "--feature-net", str(tmp_path / "f.pt"), "--out", str(out)])
+    assert err == f"error: {stats_file}: was computed with {foreign}, but features select domain:feature_net"
+    assert not out.exists()
+
+
 def test_a_bad_loss_curve_is_named(tmp_path, capsys):
     curve = _garbage(tmp_path / "expert1" / "loss_curve.parquet", b"PAR1 not really")
     err = one_line_error(

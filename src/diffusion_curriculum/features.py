@@ -38,6 +38,14 @@ def extractor_name(kind: str) -> str:
     return "domain:feature_net"
 
 
+def check_extractor(path: str | Path, found: str, kind: str) -> None:
+    """Statistics in ``path`` were computed in the feature space ``found``; refuse them unless that is the
+    space ``kind`` selects (features from two spaces cannot be compared)."""
+    expected = extractor_name(kind)
+    if str(found) != expected:
+        raise InputFileError(path, f"was computed with {found}, but features select {expected}")
+
+
 def build_extractor(
     kind: str,
     feature_net_path: str | Path,

@@ -16,8 +16,9 @@ Confidence intervals
 --------------------
 A confidence interval is given by its half-width: ``t_{(1+c)/2, n-1} * s / sqrt(n)`` with ``s`` the sample
 standard deviation (``ddof=1``) of the ``n`` values and ``c`` the confidence (0.95 by default), i.e.
-Student's t interval of a mean over seeds.  With fewer than two values there is no estimate of the spread
-and the half-width is NaN: no interval is invented.
+Student's t interval of a mean over seeds (:mod:`diffusion_curriculum.confidence`, which the floor's
+interval shares).  With fewer than two values there is no estimate of the spread and the half-width is
+NaN: no interval is invented.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
+
+from ..confidence import mean_ci, t_half_width
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -122,28 +125,6 @@ def _lower_is_better(metric: str, lower_is_better: bool | None) -> bool:
             f"(known: {', '.join(sorted(_DIRECTION))})"
         )
     return direction == "lower"
-
-
-def t_half_width(std: float, n: int, confidence: float = 0.95) -> float:
-    """Half-width of Student's t confidence interval of a mean of ``n`` values with sample std ``std``.
-
-    ``t_{(1+confidence)/2, n-1} * std / sqrt(n)``; NaN when ``n < 2`` or ``std`` is not finite.
-    """
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
-    if n < 2 or not math.isfinite(std):
-        return math.nan
-    return float(sps.t.ppf(0.5 + confidence / 2.0, n - 1) * std / math.sqrt(n))
-
-
-def mean_ci(values: Iterable[float], confidence: float = 0.95) -> tuple[int, float, float, float]:
-    """``(n, mean, std, half_width)`` of the finite ``values`` (std with ``ddof=1``; NaN where undefined)."""
-    arr = np.asarray(list(values), dtype=float)
-    arr = arr[np.isfinite(arr)]
-    n = int(arr.size)
-    mean = float(arr.mean()) if n else math.nan
-    std = float(arr.std(ddof=1)) if n >= 2 else math.nan
-    return n, mean, std, t_half_width(std, n, confidence)
 
 
 def _t_test_power(ncp: float, df: int, alpha: float) -> float:

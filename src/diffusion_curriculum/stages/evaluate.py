@@ -36,11 +36,9 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict]
     return images, labels, settings
 
 
-def load_reference(path: str | Path, expected_extractor: str) -> dict[str, np.ndarray]:
+def load_reference(path: str | Path, extractor_kind: str) -> dict[str, np.ndarray]:
     reference = read_npz(path, hint="written by fid_ref", keys=("extractor", "features"))
-    found = str(reference.pop("extractor"))
-    if found != expected_extractor:
-        raise InputFileError(path, f"was computed with {found}, but features select {expected_extractor}")
+    feature_space.check_extractor(path, reference.pop("extractor"), extractor_kind)
     return reference
 
 
@@ -56,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     device = pick_device(params.resolve_device(features["device"]))
 
     images, labels, settings = load_samples(args.samples)
-    reference = load_reference(args.reference, feature_space.extractor_name(features["extractor"]))
+    reference = load_reference(args.reference, features["extractor"])
     extractor = feature_space.build_extractor(
         features["extractor"], args.feature_net, device, inception_weights=features["inception_weights"],
         setting="features.inception_weights",
@@ -67,14 +65,9 @@ def main(argv: list[str] | None = None) -> None:
         images,
         extractor,
         probs_fn=extractor.probs,
-        k=evaluation["precision_recall_k"],
-        batch_size=features["batch_size"],
         reference=reference,
-        is_splits=evaluation["is_splits"],
-        kid_subsets=evaluation["kid_subsets"],
-        kid_subset_size=evaluation["kid_subset_size"],
-        seed=evaluation["seed"],
         requested_labels=requested,
+        **params.metric_options(features, evaluation),
     )
     record = {
         **{name: float(value) for name, value in scores.items()},

@@ -12,12 +12,13 @@ wide.  Writes ``floor.json``: ``{metric}``, ``{metric}_low``, ``{metric}_high`` 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from scipy import stats
 
 from diffusion_curriculum import features as feature_space
 from diffusion_curriculum import metrics
-from diffusion_curriculum.errors import InputFileError
+from diffusion_curriculum.confidence import mean_ci
 from diffusion_curriculum.gpu import pick_device
 from diffusion_curriculum.io import atomic_write_json, read_npz
 
@@ -36,11 +37,9 @@ def summarize_sets(readings: list[dict[str, float]], confidence: float = CONFIDE
         values = [r[name] for r in readings if name in r]
         if len(values) != len(readings):
             continue
-        # The report's form of a mean over seeds (report.stats.mean_ci), computed here so that this stage
-        # does not import the report package (and rerun whenever a figure changes).
-        mean = float(np.mean(values))
-        half = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * np.std(values, ddof=1))
-        half /= np.sqrt(len(values))
+        n, mean, _, half = mean_ci(values, confidence)
+        if n != len(values):  # a set whose reading failed: no mean over the others passes for the floor's
+            mean = half = math.nan
         out[name] = mean
         if name != "is_std":
             out[f"{name}_low"], out[f"{name}_high"] = mean - half, mean + half
@@ -58,10 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     device = pick_device(params.resolve_device(features["device"]))
 
     floor = read_npz(args.floor, hint="written by fid_ref", keys=FLOOR_KEYS)
-    expected = feature_space.extractor_name(features["extractor"])
-    if str(floor["extractor"]) != expected:
-        found = str(floor["extractor"])
-        raise InputFileError(args.floor, f"was computed with {found}, but features select {expected}")
+    feature_space.check_extractor(args.floor, floor["extractor"], features["extractor"])
     extractor = feature_space.build_extractor(
         features["extractor"], args.feature_net, device, inception_weights=features["inception_weights"],
         setting="features.inception_weights",
@@ -78,15 +74,10 @@ def main(argv: list[str] | None = None) -> None:
                 floor["images"][rows],
                 extractor,
                 probs_fn=extractor.probs,
-                k=evaluation["precision_recall_k"],
-                batch_size=features["batch_size"],
                 reference=reference,
-                is_splits=evaluation["is_splits"],
-                kid_subsets=evaluation["kid_subsets"],
-                kid_subset_size=evaluation["kid_subset_size"],
-                seed=evaluation["seed"],
                 requested_labels=None if requested is None else requested[rows],
-            )  # fmt: skip
+                **params.metric_options(features, evaluation),
+            )
         )
     record = {
         **summarize_sets(readings),
@@ -95,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         "num_reference": int(floor["reference_features"].shape[1]),
         "confidence": CONFIDENCE,
         "sets": [{name: float(value) for name, value in r.items()} for r in readings],
-        "extractor": expected,
+        "extractor": feature_space.extractor_name(features["extractor"]),
     }
     if no_agreement:
         record["class_agreement_skipped"] = no_agreement

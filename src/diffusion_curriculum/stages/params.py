@@ -240,6 +240,19 @@ def sections(path: str | Path, *names: str) -> dict:
     return {name: params[name] for name in names}
 
 
+def metric_options(features: dict, evaluation: dict) -> dict:
+    """The keyword arguments of ``metrics.compute_metrics`` that the ``features`` and ``evaluate`` sections
+    set: one mapping for every stage that scores images (evaluate, evaluate_floor)."""
+    return {
+        "k": evaluation["precision_recall_k"],
+        "batch_size": features["batch_size"],
+        "is_splits": evaluation["is_splits"],
+        "kid_subsets": evaluation["kid_subsets"],
+        "kid_subset_size": evaluation["kid_subset_size"],
+        "seed": evaluation["seed"],
+    }
+
+
 def fingerprint(*parts) -> str:
     """Stable short hash of JSON-serialisable values (sorted keys)."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
