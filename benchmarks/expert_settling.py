@@ -30,7 +30,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def settling_table(curves: dict[str, pd.DataFrame], lengths, start_fraction, tolerance, band) -> pd.DataFrame:
+def settling_table(curves: dict[str, pd.DataFrame], lengths, start_fraction, tolerance, band, start=None):
     from diffusion_curriculum.difficulty import plateau_step
 
     rows = []
@@ -44,7 +44,11 @@ def settling_table(curves: dict[str, pd.DataFrame], lengths, start_fraction, tol
             # a row is a mean over log_every steps: its spread times sqrt(log_every) is the per-step noise
             noise = float(np.std(tail, ddof=1) * math.sqrt(log_every) / np.mean(tail))
             step = plateau_step(
-                cut["step"], cut["loss"], tolerance=tolerance, band=band, start=start_fraction * length
+                cut["step"],
+                cut["loss"],
+                tolerance=tolerance,
+                band=band,
+                start=start_fraction * length if start is None else start,
             )
             rows.append(
                 {"expert": name, "steps": length, "plateau_step": step, "settled": math.isfinite(step),
@@ -70,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("experts", nargs="*", help="train_expert output directories (loss_curve.parquet)")
     ap.add_argument("--lengths", nargs="+", type=int, default=[400, 800, 1200, 1600, 2400])
-    ap.add_argument("--start-fraction", type=float, default=0.1)
+    ap.add_argument("--start-fraction", type=float, default=0.1, help="start = this share of each length")
+    ap.add_argument("--start", type=float, default=None, help="a fixed start step instead, for every length")
     ap.add_argument("--tolerance", type=float, default=0.01)
     ap.add_argument("--band", default="decrease")
     ap.add_argument("--synthetic", action="store_true", help="add the two curves whose answer is known")
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         curves.update(synthetic_curves(max(args.lengths), args.noise))
     if not curves:
         ap.error("give expert directories, --synthetic, or both")
-    table = settling_table(curves, args.lengths, args.start_fraction, args.tolerance, args.band)
+    table = settling_table(curves, args.lengths, args.start_fraction, args.tolerance, args.band, args.start)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     settled = table.groupby("steps")["settled"].agg(["sum", "count"])
     print("\nsettled per run length:\n" + settled.to_string())

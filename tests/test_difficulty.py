@@ -17,6 +17,7 @@ from diffusion_curriculum.difficulty import (
     convergence_trend,
     cumulative_difficulty,
     curriculum_document,
+    fitted_settling_step,
     oscillation_onset,
     plateau_step,
 )
@@ -141,6 +142,82 @@ def test_the_decrease_band_reads_the_fall_whatever_the_floor():
 def test_plateau_step_is_nan_when_the_curve_never_settles():
     steps = np.arange(10, 1001, 10)
     assert math.isnan(plateau_step(steps, 2.0 - steps / 1000))  # still falling steeply at the end
+
+
+def gamma_noise(per_step: np.ndarray, relative_std: float, rng) -> np.ndarray:
+    """Positive per-step noise with the given share of the level (a mean of squared errors is positive
+    and skewed; the experts' per-step noise is 4-100% of their loss)."""
+    shape = 1 / relative_std**2
+    return per_step * rng.gamma(shape, 1 / shape, per_step.size)
+
+
+def test_the_fitted_step_is_exact_on_a_decay_and_does_not_move_with_the_run_length():
+    """1 + exp(-s/100) from start 100: all but 1% of the fall is made at 100 + 100 ln 100, read the same
+    in runs of 800, 1,600 and 2,400 steps (the decrease band reads start + its window-and-tail effects)."""
+    per_step = 1 + np.exp(-np.arange(1, 2401) / 100)
+    steps, losses = logged(per_step, 5)
+    analytic = 100 + 100 * math.log(100)
+    for length in (800, 1600, 2400):
+        keep = steps <= length
+        assert fitted_settling_step(steps[keep], losses[keep], start=100) == pytest.approx(analytic, abs=1)
+    fitted = fitted_settling_step(steps, losses, start=100)
+    assert plateau_step(steps, losses, band="fit", start=100) == fitted
+
+
+@pytest.mark.parametrize("relative_std", [0.1, 0.3, 1.0])
+def test_noise_widens_the_fitted_step_but_does_not_move_it(relative_std):
+    """The experts' noise (10-100% of the loss per step) around 1 + exp(-s/300): the median reading over
+    40 noisy runs stays within 10% of the noiseless step, where the decrease band reads "not settled".
+    The run is 2.7 times that step long, so that noise rarely pushes a reading past its end."""
+    rng = np.random.default_rng(7)
+    per_step = 1 + np.exp(-np.arange(1, 4001) / 300)
+    analytic = 100 + 300 * math.log(100)  # 1481.6
+    readings = []
+    for _ in range(40):
+        steps, losses = logged(gamma_noise(per_step, relative_std, rng), 5)
+        readings.append(fitted_settling_step(steps, losses, start=100))
+    readings = np.array(readings)
+    assert np.isfinite(readings).sum() >= 30, readings  # the tail test's false alarms: about 5%
+    assert abs(np.nanmedian(readings) - analytic) < 0.1 * analytic, readings
+    assert math.isnan(plateau_step(steps, losses, band="decrease", start=100))
+
+
+@pytest.mark.parametrize("relative_std", [0.1, 1.0])
+def test_a_flat_curve_has_settled_by_start(relative_std):
+    """Settled at `start`, but for the F test's false alarms (about 5%)."""
+    assert fitted_settling_step(*logged(np.full(2400, 0.5), 5), start=100) == 100.0
+    rng = np.random.default_rng(3)
+    readings = [
+        fitted_settling_step(*logged(gamma_noise(np.full(2400, 0.5), relative_std, rng), 5), start=100)
+        for _ in range(20)
+    ]
+    assert sum(r == 100.0 for r in readings) >= 16, readings
+
+
+@pytest.mark.parametrize(
+    "curve",
+    [
+        lambda s: 2.0 - np.log(s) / 10,  # falling in log-time
+        lambda s: 1 + 1 / np.sqrt(s),  # a power law: no floor in sight
+        lambda s: 1 + np.exp(-s / 100) + 0.2 * np.exp(-s / 3000),  # a slow second fall the fit misses
+        lambda s: 1 + np.exp(-s / 1000),  # settles (100 + 1000 ln 100) after the run ends
+    ],
+)
+def test_a_curve_still_falling_has_not_settled(curve):
+    rng = np.random.default_rng(5)
+    per_step = curve(np.arange(1, 2401, dtype=np.float64))
+    assert math.isnan(fitted_settling_step(*logged(per_step, 5), start=100))
+    assert math.isnan(fitted_settling_step(*logged(gamma_noise(per_step, 0.1, rng), 5), start=100))
+
+
+def test_the_fitted_step_refuses_what_it_cannot_read():
+    steps, losses = logged(1 + np.exp(-np.arange(1, 401) / 50), 5)
+    with pytest.raises(ValueError, match="tolerance must be in"):
+        fitted_settling_step(steps, losses, tolerance=0)
+    with pytest.raises(ValueError, match="every loss must be > 0"):
+        fitted_settling_step(steps, losses - 1.5)
+    with pytest.raises(ValueError, match="8 log rows after start = 380"):
+        fitted_settling_step(steps, losses, start=380)
 
 
 def test_window_is_in_steps_and_must_cover_one():
@@ -284,8 +361,8 @@ def test_convergence_finding_says_how_many_intervals_settled():
     )
     lines = convergence_finding(table)
     assert lines == [
-        "- 4 of 20 experts settled on a plateau (within `convergence.tolerance` of the `convergence.band` "
-        "around the mean of their last steps): not converged at this budget; no trend of either measure is "
+        "- 4 of 20 experts settled on a plateau (made all but `convergence.tolerance` of their fall, as "
+        "`convergence.band` reads it): not converged at this budget; no trend of either measure is "
         "read."
     ]
     plateau[:14] = np.linspace(2000, 1000, 14)  # 18 of 20 settled: both trends are read

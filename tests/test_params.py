@@ -78,8 +78,10 @@ def test_wrong_value_is_named(good, path, value, named):
         (("experts", "intervals"), [1, 2, 3], r"experts\.intervals must list 1\.\.curriculum\.num_clusters"),
         (("experts", "stitch_base"), {"method": "speed", "seed": 0}, r"experts\.stitch_base"),
         (("report", "baseline"), "speed", r"report\.baseline 'speed' is not one of study\.methods"),
+        (("convergence", "start"), 60, r"convergence\.band 'fit' needs 8 log rows after convergence\.start, "
+         r"but experts\.iterations = 80, convergence\.start = 60 and experts\.log_every = 5 leave 4"),
     ],
-)
+)  # fmt: skip
 def test_keys_that_must_agree_are_named(good, path, value, named):
     with pytest.raises(params.ParamsError, match=named):
         params.validate(_with(good, path, value))

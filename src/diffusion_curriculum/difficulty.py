@@ -9,9 +9,11 @@ loss starts to oscillate) and appendix C (the KL divergence D_KL(p_{t-1} || p_t)
 logged step, the mean loss over the steps since the previous row.  Both measures work on training steps
 (a row counts for the steps it averages, and smoothing windows are in steps), so they do not depend on
 the logging interval.  :func:`oscillation_onset` is the paper's measure (where the smoothed loss stops
-falling after step 100); :func:`plateau_step` is a noise-robust alternative (the step from which the
-smoothed loss stays within a relative tolerance of its final plateau).  :func:`convergence_table`
-applies both to all N experts; :func:`convergence_trend` tests the paper's ordering on the result.
+falling after step 100); :func:`plateau_step` is the step by which the loss has settled: all but a
+tolerance of its fall made, read from a fitted approach to a floor (:func:`fitted_settling_step`, whose
+reading noise widens but does not move) or from bands around the smoothed curve's final plateau.
+:func:`convergence_table` applies both to all N experts; :func:`convergence_trend` tests the paper's
+ordering on the result.
 
 **(B) Clustering.**  :func:`cluster_intervals` turns a rule into :class:`~.timesteps.base.Intervals`
 (cells of the schedule's unit interval u, C_1 = lowest noise):
@@ -48,6 +50,7 @@ __all__ = [
     "Oscillation",
     "oscillation_onset",
     "plateau_step",
+    "fitted_settling_step",
     "convergence_table",
     "ConvergenceTrend",
     "convergence_trend",
@@ -247,7 +250,11 @@ def oscillation_onset(steps, losses, start: float = 100, window: float | None = 
     return Oscillation(onset=float(grid[int(np.argmax(turned))]), increases=increases)
 
 
-PLATEAU_BANDS = ("plateau", "decrease")
+PLATEAU_BANDS = ("plateau", "decrease", "fit")
+# fitted_settling_step: a fall the exponential explains no better than a constant at this level is none.
+FIT_SIGNIFICANCE = 0.05
+# Fewest log rows after `start` that the fitted step reads (three parameters and their residuals).
+FIT_MIN_ROWS = 8
 
 
 def plateau_step(
@@ -262,7 +269,9 @@ def plateau_step(
 ) -> float:
     """A noise-robust convergence point: the first training step from which the smoothed loss stays
     within a band around its final plateau: ``tolerance`` of the plateau (``band="plateau"``) or of the
-    loss's decrease from step ``start`` to the plateau (``band="decrease"``).
+    loss's decrease from step ``start`` to the plateau (``band="decrease"``); ``band="fit"`` reads the
+    step from a fitted curve instead (:func:`fitted_settling_step`: the band measures read noise as "not
+    settled" once a curve's remaining fall is inside its noise, so they are exact only on quiet curves).
 
         plateau = the mean loss over the last ``final_fraction`` of the step range,
         m_k     = the mean loss over the ``window`` training steps centred on step k,
@@ -300,6 +309,10 @@ def plateau_step(
         raise ValueError(f"tolerance and atol must be >= 0, got {tolerance!r}, {atol!r}")
     if band not in PLATEAU_BANDS:
         raise ValueError(f"band must be one of {PLATEAU_BANDS}, got {band!r}")
+    if band == "fit":
+        return fitted_settling_step(
+            steps, losses, tolerance=tolerance, start=start, final_fraction=final_fraction
+        )
     curve = _StepCurve.of(steps, losses)
     plateau = curve.tail_mean(final_fraction)
     grid, smooth = curve.smoothed(curve.window_steps(window))
@@ -318,6 +331,112 @@ def plateau_step(
     if first_settled >= grid.size or grid[first_settled] > tail_start:
         return math.nan
     return float(grid[first_settled])
+
+
+class _ExponentialFit(NamedTuple):
+    floor: float  # a
+    fall: float  # b: the fall from `start` to the floor
+    tau: float  # time constant, training steps
+    cost: float  # weighted sum of squared log residuals
+
+
+def _fit_exponential(x: np.ndarray, log_loss: np.ndarray, weights: np.ndarray) -> _ExponentialFit:
+    """Weighted least squares of log L = log(a + b exp(-x / tau)), a, b, tau > 0 (log-parametrised), the
+    best of several starting time constants."""
+    from scipy.optimize import least_squares
+
+    span = float(x[-1] - x[0]) or 1.0
+    level = float(np.exp(np.average(log_loss[-max(len(x) // 10, 1) :])))
+    first = float(np.exp(log_loss[0]))
+
+    def residuals(theta):
+        a, b, tau = np.exp(theta)
+        return weights * (log_loss - np.log(a + b * np.exp(-x / tau)))
+
+    # Bounds keep the search in floating-point range: floor and fall within e^30 of the loss's level,
+    # tau from a thousandth of the span (a fall inside the first rows) to a hundred spans (no fall seen).
+    centre = math.log(max(level, 1e-300))
+    lower = [centre - 30, centre - 30, math.log(span / 1000)]
+    upper = [centre + 5, centre + 10, math.log(100 * span)]
+    best = None
+    for tau0 in (span / 100, span / 20, span / 5, span):
+        fall0 = min(max(first - level, 1e-3 * level), math.exp(centre + 9))
+        theta0 = np.clip(np.log([level, fall0, tau0]), lower, upper)
+        fit = least_squares(residuals, theta0, bounds=(lower, upper), method="trf", max_nfev=2000)
+        cost = float(np.sum(fit.fun**2))
+        if math.isfinite(cost) and (best is None or cost < best.cost):
+            a, b, tau = (float(v) for v in np.exp(fit.x))
+            best = _ExponentialFit(a, b, tau, cost)
+    return best
+
+
+def fitted_settling_step(
+    steps, losses, tolerance: float = 0.01, start: float = 0.0, final_fraction: float = 0.1
+) -> float:
+    """The step by which the loss has made all but ``tolerance`` of its fall from step ``start``, read
+    from the curve's fit rather than from the noisy curve itself.
+
+    The rows after ``start`` are fitted, by least squares on the log of the loss (a diffusion loss's
+    noise is a share of its level, so the log makes it even), each row weighted by the steps it averages,
+    with an approach to a floor::
+
+        L(s) = a + b exp(-(s - start) / tau),            step = start + tau ln(1 / tolerance).
+
+    Noise moves the fitted tau up and down, not on average later (the band measures, which ask the noisy
+    curve itself to stay inside 1% of its fall, read noise as "not settled"), and the step does not move
+    with the run's length once the curve has converged.  Two cases are read before the fit:
+
+    * **flat within its noise**: when the exponential explains the rows no better than a constant (an
+      F test of the extra sum of squares at :data:`FIT_SIGNIFICANCE`), the loss had already settled by
+      ``start``: the step is ``start``;
+    * **not settled in the run**: NaN when the fitted step lies inside the last ``final_fraction`` of
+      the run or after it (as for the band measures, a curve must be seen settled for a while), or when
+      the curve still falls in its second half by more than the fit allows (the residuals decline with
+      log-step, one-sided test at :data:`FIT_SIGNIFICANCE`, by more than the share of the fall the
+      tolerance leaves): a slower fall that the single exponential misses, so no floor is in sight.
+
+    What noise can hide: a slow tail (a power law's) that falls less over the run's second half than
+    its noise resolves looks like a floor, and is read as settled if the fitted step comes early enough.
+    A flat curve's F test, like the tail test, errs at its level: a flat curve reads "settled at start"
+    about 95% of the time.  Losses must be positive (mean squared errors are); ``tolerance`` in (0, 1).
+    """
+    from scipy import stats
+
+    steps, losses = _curve_arrays(steps, losses)
+    if not 0 < tolerance < 1:
+        raise ValueError(f"tolerance must be in (0, 1) for the fitted step, got {tolerance!r}")
+    if np.any(losses <= 0):
+        raise ValueError("the fitted step reads the log of the loss: every loss must be > 0")
+    curve = _StepCurve.of(steps, losses)
+    widths = np.diff(curve.bounds)
+    after = curve.bounds[:-1] >= start  # rows whose steps all come after `start`
+    if after.sum() < FIT_MIN_ROWS:
+        raise ValueError(
+            f"the fitted step needs {FIT_MIN_ROWS} log rows after start = {start:g}, got {int(after.sum())}"
+        )
+    x, log_loss, weights = steps[after] - start, np.log(losses[after]), np.sqrt(widths[after])
+    n = x.size
+    constant_cost = float(np.sum((weights * (log_loss - np.average(log_loss, weights=weights**2))) ** 2))
+    if constant_cost <= 0:  # exactly flat
+        return float(start)
+    fit = _fit_exponential(x, log_loss, weights)
+    # Extra sum of squares of 2 more parameters (b, tau) over the constant, on n - 3 residual dof.
+    f_stat = ((constant_cost - fit.cost) / 2) / (fit.cost / (n - 3)) if fit.cost > 0 else math.inf
+    if f_stat <= stats.f.isf(FIT_SIGNIFICANCE, 2, n - 3):
+        return float(start)
+    settle = float(start + fit.tau * math.log(1 / tolerance))
+    if settle > steps[-1] - final_fraction * curve.span:
+        return math.nan
+    half = x >= x[-1] / 2
+    predicted = np.log(fit.floor + fit.fall * np.exp(-x[half] / fit.tau))
+    log_step = np.log1p(x[half])
+    trend = stats.linregress(log_step, log_loss[half] - predicted)
+    # A decline the fit misses matters when it is larger, over the second half, than the share of the
+    # fall the tolerance leaves (relative to the floor, in the log's units).
+    missed = -trend.slope * float(log_step[-1] - log_step[0])
+    if trend.slope < 0 and trend.pvalue / 2 < FIT_SIGNIFICANCE and missed > tolerance * fit.fall / fit.floor:
+        return math.nan
+    return settle
 
 
 def _curves_by_interval(curves) -> dict[int, pd.DataFrame]:
@@ -355,7 +474,8 @@ def convergence_table(
     * ``interval``, ``unit_low``, ``unit_high``  the interval and its cell [unit_low, unit_high) of u,
     * ``increases_after_start``, ``oscillation_onset``  :func:`oscillation_onset` (count and step; NaN
       where the onset is ``start`` itself: censored, the loss was already flat within its noise there),
-    * ``plateau_step``  :func:`plateau_step` (``band``: ``plateau`` or ``decrease``, from ``start``),
+    * ``plateau_step``  :func:`plateau_step` (``band``: ``fit``, ``decrease`` or ``plateau``, from
+      ``start``),
     * ``final_loss``  the plateau level: mean loss over the last ``final_fraction`` of the steps,
     * ``settled``  whether ``plateau_step`` is finite (the loss settled within the run).
 

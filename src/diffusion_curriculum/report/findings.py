@@ -36,8 +36,8 @@ def convergence_finding(convergence: pd.DataFrame) -> list[str]:
     plateau = convergence_trend(convergence, "plateau_step")
     if plateau.verdict == NOT_CONVERGED:
         return [
-            f"- {settled} of {total} experts settled on a plateau (within `convergence.tolerance` of the "
-            f"`convergence.band` around the mean of their last steps): {NOT_CONVERGED}; no trend of either "
+            f"- {settled} of {total} experts settled on a plateau (made all but `convergence.tolerance` of "
+            f"their fall, as `convergence.band` reads it): {NOT_CONVERGED}; no trend of either "
             "measure is read."
         ]
     lines = []

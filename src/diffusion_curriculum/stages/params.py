@@ -140,6 +140,7 @@ def check_consistency(params: dict, source: str = "params.yaml") -> None:
             f"{source}: experts.stitch_base {base} is not a run of the study (study.methods "
             f"{params['study']['methods']}, study.seeds {params['study']['seeds']})"
         )
+    _check_convergence_rows(params, source)
     data = params["data"]
     if params["model"]["condition"] == "text" and data["captions_path"] is None:
         raise ParamsError(f"{source}: model.condition is text but data.captions_path is null")
@@ -158,6 +159,19 @@ def check_consistency(params: dict, source: str = "params.yaml") -> None:
         raise ParamsError(
             f"{source}: report.baseline {baseline!r} is not one of study.methods "
             f"{params['study']['methods']} (differences are paired against it)"
+        )
+
+
+def _check_convergence_rows(params: dict, source: str) -> None:
+    from diffusion_curriculum.difficulty import FIT_MIN_ROWS
+
+    experts, convergence = params["experts"], params["convergence"]
+    rows = (experts["iterations"] - convergence["start"]) // experts["log_every"]
+    if convergence["band"] == "fit" and rows < FIT_MIN_ROWS:
+        raise ParamsError(
+            f"{source}: convergence.band 'fit' needs {FIT_MIN_ROWS} log rows after convergence.start, but "
+            f"experts.iterations = {experts['iterations']}, convergence.start = {convergence['start']} and "
+            f"experts.log_every = {experts['log_every']} leave {max(rows, 0)}"
         )
 
 
