@@ -87,6 +87,12 @@ def test_keys_that_must_agree_are_named(good, path, value, named):
         params.validate(_with(good, path, value))
 
 
+def test_the_fit_rows_check_is_the_measure_s_own():
+    from diffusion_curriculum import difficulty
+
+    assert params.FIT_MIN_ROWS == difficulty.FIT_MIN_ROWS
+
+
 @pytest.mark.parametrize(
     ("path", "value", "named"),
     [

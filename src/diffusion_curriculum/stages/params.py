@@ -162,9 +162,12 @@ def check_consistency(params: dict, source: str = "params.yaml") -> None:
         )
 
 
-def _check_convergence_rows(params: dict, source: str) -> None:
-    from diffusion_curriculum.difficulty import FIT_MIN_ROWS
+# difficulty.FIT_MIN_ROWS (a test keeps them equal): importing difficulty here would make every stage,
+# which all read their params through this module, depend on the convergence code.
+FIT_MIN_ROWS = 8
 
+
+def _check_convergence_rows(params: dict, source: str) -> None:
     experts, convergence = params["experts"], params["convergence"]
     rows = (experts["iterations"] - convergence["start"]) // experts["log_every"]
     if convergence["band"] == "fit" and rows < FIT_MIN_ROWS:
