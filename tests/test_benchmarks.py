@@ -132,3 +132,28 @@ def test_threads_per_job_compares_oversubscribed_and_granted_jobs():
     assert [row["threads per job"] for row in table][0] == "every core"
     assert table[0]["speed-up vs every core"] == "1.00x"
     assert all(number(row["steps/s per job"]) > 0 for row in table)
+
+
+def _settling_rows(out: str) -> dict[tuple[str, int], str]:
+    rows = {}
+    for line in out.splitlines():
+        cells = line.split()
+        if len(cells) == 6 and cells[1].isdigit():
+            rows[cells[0], int(cells[1])] = cells[2]
+    return rows
+
+
+def test_expert_settling_reads_the_known_curves():
+    """The calibration's synthetic curves: the fit reads 40 + 100 ln 100 on the noiseless decay at every
+    run length and near it under 10% noise, and the flat curve at its start; the decrease band (with
+    start at 10% of each length) reads the noisy flat curve as never settled."""
+    lengths = ["--lengths", "800", "2400"]
+    fit = _settling_rows(
+        run_benchmark("expert_settling.py", "--synthetic", "--band", "fit", "--start", "40", *lengths)
+    )
+    for length in (800, 2400):
+        assert float(fit["exp_tau100_noise0", length]) == pytest.approx(40 + 100 * 4.60517, abs=1)
+        assert float(fit["exp_tau100_noise0.1", length]) == pytest.approx(500.5, rel=0.15)
+        assert float(fit["flat_noise0.1", length]) == 40
+    band = _settling_rows(run_benchmark("expert_settling.py", "--synthetic", *lengths))
+    assert band["flat_noise0.1", 800] == band["flat_noise0.1", 2400] == "NaN"

@@ -384,7 +384,7 @@ def fitted_settling_step(
 
     Noise moves the fitted tau up and down, not on average later (the band measures, which ask the noisy
     curve itself to stay inside 1% of its fall, read noise as "not settled"), and the step does not move
-    with the run's length once the curve has converged.  Two cases are read before the fit:
+    with the run's length once the curve has converged.  Two other readings come from tests on the fit:
 
     * **flat within its noise**: when the exponential explains the rows no better than a constant (an
       F test of the extra sum of squares at :data:`FIT_SIGNIFICANCE`), the loss had already settled by
