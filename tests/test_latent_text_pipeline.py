@@ -66,7 +66,8 @@ def _stand_in_config(pipeline):
     cfg["curriculum"]["num_clusters"] = 2
     cfg["experts"].update(intervals=[1, 2], iterations=4, batch_size=4, log_every=1, stitch_intervals=[1])
     cfg["experts"]["device"] = "cpu"
-    cfg["convergence"] = smoke["convergence"]
+    # Four-step experts leave the fitted step too few rows (a params error); a band reads any length.
+    cfg["convergence"] = {**smoke["convergence"], "band": "decrease"}
     cfg["kl"] = smoke["kl"]
     cfg["train"].update(iterations=6, snapshots=[6], batch_size=4, checkpoint_every=3, log_every=2)
     cfg["train"].update(compile=False, data_parallel=1, device="cpu")
