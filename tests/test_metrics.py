@@ -291,3 +291,50 @@ def test_floor_sets_and_their_references_come_from_unseen_images_and_never_overl
     assert [(len(f), len(r)) for f, r in sets] == [(200, 200), (200, 200)]
     sets = split_real_images(10, 3, None)  # no classifier: a fixed permutation of all
     assert len(sets) == 3 and all(sorted(set(f) | set(r)) == list(range(10)) for f, r in sets)
+
+
+def test_class_matched_floor_sets_hold_the_classes_a_sample_set_requests():
+    from diffusion_curriculum.samplers import requested_classes
+    from diffusion_curriculum.stages.fid_ref import split_real_images
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 600)
+    held_out = rng.permutation(600)[:300]
+    requested = requested_classes(31, 3)  # 11, 10, 10 of classes 0, 1, 2
+    sets = split_real_images(600, 31, held_out, labels=labels, requested=requested)
+    fits = min(np.sum(labels[held_out] == c) // need for c, need in enumerate((11, 10, 10)))
+    assert len(sets) == min(5, fits)
+    for floor, reference in sets:
+        assert list(labels[floor]) == list(requested)  # row i is an image of the class sample i asks for
+        assert set(floor) | set(reference) == set(held_out) and not set(floor) & set(reference)
+        assert len(reference) == 300 - 31
+    assert len({int(i) for floor, _ in sets for i in floor}) == 31 * len(sets)  # disjoint sets
+    # A class too scarce for two sets: the sets are drawn without regard to class, as before.
+    scarce = np.where(labels == 2, 0, labels)
+    scarce[held_out[:5]] = 2
+    sets = split_real_images(600, 31, held_out, labels=scarce, requested=requested)
+    assert list(sets[0][0]) == list(held_out[:31])
+
+
+def test_class_matched_floor_sets_read_lower_and_tighter_where_features_cluster_by_class():
+    """In a classifier's feature space the classes are clusters: a random set's class counts move its
+    mean, which a sample set (every class as often) does not have; matched sets leave that out."""
+    from diffusion_curriculum.distances import feature_stats, frechet_distance
+    from diffusion_curriculum.samplers import requested_classes
+    from diffusion_curriculum.stages.fid_ref import split_real_images
+
+    rng = np.random.default_rng(1)
+    num_classes, dim, n, pool_size = 10, 8, 100, 1000
+    centres = rng.standard_normal((num_classes, dim)) * 3
+    readings = {"random": [], "matched": []}
+    for _ in range(20):
+        labels = rng.integers(0, num_classes, pool_size)
+        feats = centres[labels] + rng.standard_normal((pool_size, dim))
+        pool = rng.permutation(pool_size)
+        for name, requested in (("random", None), ("matched", requested_classes(n, num_classes))):
+            for floor, reference in split_real_images(pool_size, n, pool, labels=labels, requested=requested):
+                readings[name].append(
+                    frechet_distance(*feature_stats(feats[floor]), *feature_stats(feats[reference]))
+                )
+    assert np.mean(readings["matched"]) < 0.7 * np.mean(readings["random"])
+    assert np.std(readings["matched"]) < 0.7 * np.std(readings["random"])

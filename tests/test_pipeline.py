@@ -91,6 +91,7 @@ def _check_observational_study(root):
     floor = json.loads((root / "results/metrics/floor.json").read_text())
     assert floor["num_samples"] == 20 and floor["fid_low"] <= floor["fid"] <= floor["fid_high"]
     assert floor["num_sets"] == len(floor["sets"]) >= 2  # disjoint real sets give the floor its interval
+    assert floor["class_matched"]  # a class-conditional model's floor sets hold the samples' classes
     assert floor["class_agreement_low"] <= floor["class_agreement"] <= floor["class_agreement_high"]
     curriculum = json.loads((root / "results/curriculum/curriculum.json").read_text())
     assert curriculum["rule"] == "uniform" and curriculum["order_easy_to_hard"] == [3, 2, 1, 0]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -437,6 +438,15 @@ def stitched_denoiser(
     return denoise
 
 
+def requested_classes(num_samples: int, num_classes: int) -> np.ndarray:
+    """The class that each of ``num_samples`` class-conditional samples asks for: the classes in turn
+    (sample i asks for class i mod ``num_classes``), so every class gets the same number of samples.
+    The real-data floor draws its sets to the same plan (``fid_ref``)."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return np.arange(num_samples, dtype=np.int64) % num_classes
+
+
 def generate(
     denoiser: Callable[..., torch.Tensor],
     schedule: NoiseSchedule,
@@ -457,19 +467,20 @@ def generate(
     """``num_samples`` samples of ``shape`` (C, H, W) from ``denoiser``, drawn ``batch_size`` at a time
     with :func:`sample` and classifier-free guidance ``cfg_scale``.
 
-    A class-conditional model (``num_classes`` > 0) gets the classes in turn (sample i asks for class
-    i mod ``num_classes``), so every class gets the same number of samples; a text-conditional one the
-    caption embeddings ``captions[i]``.  The network runs under bf16 autocast with ``bf16``; the
-    sampler's own arithmetic stays fp32.  Returns the samples as float32 on the CPU and the requested
-    class of each (``-1`` for unconditional and text samples).
+    A class-conditional model (``num_classes`` > 0) gets the classes of :func:`requested_classes`,
+    every class as many samples; a text-conditional one the caption embeddings ``captions[i]``.  The
+    network runs under bf16 autocast with ``bf16``; the sampler's own arithmetic stays fp32.  Returns
+    the samples as float32 on the CPU and the requested class of each (``-1`` for unconditional and text
+    samples).
     """
     chunks, label_chunks = [], []
+    classes = requested_classes(num_samples, num_classes) if num_classes else None
     for start in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - start)
         if captions is not None:
             y = torch.as_tensor(captions[start : start + n]).to(device)
-        else:  # classes cycle so every class gets the same number of samples
-            y = (torch.arange(start, start + n, device=device) % num_classes) if num_classes else None
+        else:
+            y = torch.from_numpy(classes[start : start + n]).to(device) if num_classes else None
         x0_fn = guided_x0_fn(denoiser, y, scale=cfg_scale)
         noise = torch.randn((n, *shape), generator=generator, device=device)
         with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16):

@@ -34,7 +34,7 @@ rule fid_ref:
     threads: 1
     params:
         file=PARAMS_FILE,
-        sections=sections("features", "sample.num_samples"),
+        sections=sections("features", "sample.num_samples", "model.condition"),
     shell:
         "python -m diffusion_curriculum.stages.fid_ref --params {params.file:q} --threads {threads} --data {input.data}"
         " --feature-net {input.feature_net} --out-dir results/features > {log} 2>&1"

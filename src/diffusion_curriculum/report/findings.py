@@ -272,11 +272,13 @@ def study_findings(
     final: int,
     num_floor: int,
     num_floor_sets: int = 0,
+    floor_class_matched: bool = False,
     null_methods: list[str] = (),
 ) -> list[str]:
-    """``findings.md``'s lines: sample quality against the floor, the methods against the baseline (and
-    the A/A null arms, ``null_methods``, apart), the experts' convergence, the KL curve, and the feature
-    space the metrics live in."""
+    """``findings.md``'s lines: sample quality against the floor (whose real sets hold the samples'
+    classes with ``floor_class_matched``), the methods against the baseline (and the A/A null arms,
+    ``null_methods``, apart), the experts' convergence, the KL curve, and the feature space the metrics
+    live in."""
     num_seeds = int(comparison.summary.loc[comparison.summary["method"] == baseline, "n"].max())
     tests = comparison.tests
     methods_tests = tests[~tests["method"].isin(null_methods)] if len(tests) else tests
@@ -286,7 +288,8 @@ def study_findings(
         else []
     )
     return [
-        f"Sample quality against real data (`{baseline}`, step {final}, {num_floor} samples per set):",
+        f"Sample quality against real data (`{baseline}`, step {final}, {num_floor} samples per set"
+        + ("; each real set holds the classes a sample set requests):" if floor_class_matched else "):"),
         *separation(comparison.summary, floor, floor_interval, baseline, confidence, num_floor_sets),
         "",
         f"The methods against `{baseline}` ({num_seeds} seeds, paired; Holm over the methods):",

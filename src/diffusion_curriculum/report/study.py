@@ -74,6 +74,7 @@ def summary_markdown(
     num_floor: int,
     num_floor_sets: int,
     samples_per_set: int,
+    floor_class_matched: bool = False,
 ) -> str:
     """``summary.md``: the comparison at the final step (with the floor row) and the iterations to
     reach the baseline's final FID."""
@@ -83,7 +84,9 @@ def summary_markdown(
         f"Mean ± {confidence:.0%} Student-t interval over {num_seeds} seed(s); Δ is the difference to "
         f"`{baseline}`, paired over seeds.  `{FLOOR_NAME}`: the same metrics on {num_floor} "
         "held-out real images, what a perfect model would score at this sample count: the mean over "
-        f"{num_floor_sets} disjoint sets, each against the other held-out images, with the {confidence:.0%} "
+        f"{num_floor_sets} disjoint sets"
+        + (", each with the classes a sample set requests and" if floor_class_matched else ",")
+        + f" each against the other held-out images, with the {confidence:.0%} "
         "Student-t interval over the sets"
         + (
             f" (fewer than the {samples_per_set} of a sample set: FID and KID read high, an upper bound)."

@@ -116,16 +116,18 @@ def main(argv: list[str] | None = None) -> None:
     stitched = read.stitch_table(metrics_dir, cfg["experts"]["stitch_intervals"], base_metrics, convergence)
     views = study.comparison_views(comparison, metrics["metric"], floor, floor_interval, baseline, confidence)
     num_floor, num_floor_sets = int(floor_record["num_samples"]), int(floor_record["num_sets"])
+    floor_class_matched = bool(floor_record.get("class_matched", False))
     findings = find.study_findings(
         comparison, floor, floor_interval, convergence=convergence, kl=kl, kl_score=kl_score,
         feature_net=feature_net, baseline=baseline, confidence=confidence, final=final, num_floor=num_floor,
-        num_floor_sets=num_floor_sets,
+        num_floor_sets=num_floor_sets, floor_class_matched=floor_class_matched,
         null_methods=read.null_replicates(Path(args.train_dir), methods, seeds[0], baseline),
     )  # fmt: skip
     atomic_write_text(out / "findings.md", "\n".join(findings) + "\n")
     summary_md = study.summary_markdown(
         views, baseline=baseline, confidence=confidence, num_seeds=n_seeds, num_floor=num_floor,
         num_floor_sets=num_floor_sets, samples_per_set=samples_per_set,
+        floor_class_matched=floor_class_matched,
     )  # fmt: skip
     atomic_write_text(out / "summary.md", summary_md)
     sections = study.report_sections(

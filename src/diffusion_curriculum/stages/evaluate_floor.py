@@ -1,13 +1,15 @@
 """Stage evaluate_floor: every metric of ``evaluate`` on held-out real images -- the floor.
 
-Reads ``floor.npz`` from fid_ref: disjoint sets of held-out real images, each as large as a sample set,
-with the reference statistics of the other held-out images for each.  Every set is scored like a sample
+Reads ``floor.npz`` from fid_ref: disjoint sets of held-out real images, each as large as a sample set
+(and, for a class-conditional model, with the classes a sample set requests: ``class_matched``), with the
+reference statistics of the other held-out images for each.  Every set is scored like a sample
 set against its own reference, and the floor of each metric is the mean over the sets with a 95%
 Student-t interval over them: the same form as a method's reading, a mean over seeds with its interval, so
 the two can be set side by side.  The sets are disjoint, but each one's reference holds the others, so
 the readings are not quite independent; the interval also carries the spread that comes from which
 images make the reference, which a method's interval (one reference for every seed) does not, so it errs
-wide.  Writes ``floor.json``: ``{metric}``, ``{metric}_low``, ``{metric}_high`` and each set's readings.
+wide.  Writes ``floor.json``: ``{metric}``, ``{metric}_low``, ``{metric}_high``, ``class_matched`` and each
+set's readings.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from diffusion_curriculum.io import atomic_write_json, read_npz
 from . import _cli, params
 
 REFERENCE_KEYS = ("mu", "sigma", "features")
-FLOOR_KEYS = ("images", "labels", "floor_set", "extractor", *(f"reference_{key}" for key in REFERENCE_KEYS))
+FLOOR_KEYS = ("images", "labels", "floor_set", "class_matched", "extractor")
+FLOOR_KEYS += tuple(f"reference_{key}" for key in REFERENCE_KEYS)
 CONFIDENCE = 0.95
 
 
@@ -83,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         **summarize_sets(readings),
         "num_samples": int((floor["floor_set"] == sets[0]).sum()),
         "num_sets": len(sets),
+        "class_matched": bool(floor["class_matched"]),
         "num_reference": int(floor["reference_features"].shape[1]),
         "confidence": CONFIDENCE,
         "sets": [{name: float(value) for name, value in r.items()} for r in readings],
