@@ -157,3 +157,21 @@ def test_expert_settling_reads_the_known_curves():
         assert float(fit["flat_noise0.1", length]) == 40
     band = _settling_rows(run_benchmark("expert_settling.py", "--synthetic", *lengths))
     assert band["flat_noise0.1", 800] == band["flat_noise0.1", 2400] == "NaN"
+
+
+def test_floor_sets_compares_random_and_class_matched_sets():
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("floor_sets", BENCHMARKS / "floor_sets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 1000)
+    features = rng.standard_normal((10, 8))[labels] * 3 + rng.standard_normal((1000, 8))
+    readings = module.floor_readings(features, labels, num_samples=100, draws=20, seed=0)
+    assert {kind: len(values) for kind, values in readings.items()} == {"random": 20, "class_matched": 20}
+    assert readings["class_matched"].mean() < readings["random"].mean()
+    assert readings["class_matched"].std() < readings["random"].std()
+    assert "--num-samples" in run_benchmark("floor_sets.py", "--help")

@@ -78,9 +78,10 @@ def class_matched_sets(
     its reference; as many as every class can fill, at most :data:`MAX_FLOOR_SETS`.  Empty when fewer
     than two fit.
 
-    On the default's digits (2,500 unseen images, sets of 500), random sets read FID 8.0 with a standard
-    deviation of 1.8 over 40 draws, sets of 50 images per class 5.4 with 0.6: most of a random set's
-    FID in a classifier's feature space is the imbalance of its classes.
+    On the default's digits (2,500 unseen images, sets of 500), random sets read FID 8.7 with a standard
+    deviation of 2.0 over 40 draws, sets of 50 images per class 5.6 with 0.6
+    (``benchmarks/floor_sets.py``): in a classifier's feature space much of a random set's FID is the
+    imbalance of its classes.
     """
     need = np.bincount(requested)
     by_class = [pool[pool_labels == c] for c in range(len(need))]
