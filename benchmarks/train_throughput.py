@@ -16,9 +16,9 @@ eps-prediction.  Paths, all training the same network object in one run:
   ``train.py``).
 * ``vanilla`` / ``dtd``: the real ``diffusion_curriculum.training.train_loop`` with the ``vanilla`` and
   the ``dtd`` strategy (N = 20 uniform clusters, tau_max = 200): bf16 autocast on CUDA (fp32 on CPU, its
-  default; ``--bf16`` turns it on, as the stages' ``precision: auto`` does on CPUs with AMX), fused
-  AdamW, no host synchronisation inside a step (log rows and checkpoints are pushed past the end of the
-  timed steps).
+  default; ``--bf16`` turns it on, as the stages' ``precision: auto`` does on CPUs with AMX or
+  AVX512-BF16), fused AdamW, no host synchronisation inside a step (log rows and checkpoints are pushed
+  past the end of the timed steps).
 * ``... +compile``: the same with ``train_loop(compile=...)`` (``torch.compile``, inductor; ``--tiny``
   uses the ``aot_eager`` backend so that the CPU check stays short -- its timings say nothing about
   inductor).
@@ -117,7 +117,7 @@ def parse_args() -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="bf16 autocast in the project's paths (default: on CUDA; the stages' precision: auto also "
-        "turns it on for CPUs with AMX)",
+        "turns it on for CPUs with AMX or AVX512-BF16)",
     )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

@@ -86,7 +86,8 @@ def test_train_stage_relaunches_under_torchrun_and_matches_one_process(pipeline_
     cfg = yaml.safe_load((pipeline_dir / "params.yaml").read_text())
     cfg["model"]["condition_dropout"] = 0.0  # drawn per rank inside the network: the one non-shared draw
     cfg["train"].update(iterations=12, batch_size=8, log_every=4, checkpoint_every=4, snapshots=[6, 12])
-    # fp32: bf16 autocast (precision auto on CPUs with AMX) rounds two half-batches differently from one.
+    # fp32: bf16 autocast (precision auto on CPUs with AMX or AVX512-BF16) rounds two half-batches
+    # differently from one.
     cfg["train"]["precision"] = "fp32"
     for ranks in (1, 2):
         cfg["train"]["data_parallel"] = ranks

@@ -159,3 +159,22 @@ def test_stage_with_a_bad_key_names_it_and_writes_nothing(tmp_path, good):
     assert proc.returncode == 2
     assert "data.sauce" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "expected"),
+    [(True, False, True), (False, True, True), (False, False, False), (None, None, False)],
+)
+def test_precision_auto_takes_bf16_where_the_cpu_has_it_in_hardware(monkeypatch, amx, avx512_bf16, expected):
+    import torch
+
+    from diffusion_curriculum.stages.params import resolve_bf16
+
+    for name, value in (("_is_amx_tile_supported", amx), ("_is_avx512_bf16_supported", avx512_bf16)):
+        if value is None:  # a torch without the probe
+            monkeypatch.delattr(torch.cpu, name, raising=False)
+        else:
+            monkeypatch.setattr(torch.cpu, name, lambda value=value: value)
+    assert resolve_bf16("auto", "cpu") is expected
+    assert resolve_bf16("fp32", "cpu") is False and resolve_bf16("bf16", "cpu") is True
+    assert resolve_bf16("auto", "cuda:0") is True

@@ -288,17 +288,19 @@ def resolve_device(name: str) -> str:
 
 def resolve_bf16(precision: str, device: str) -> bool:
     """Whether a stage runs its network under bf16 autocast: ``precision`` bf16 / fp32 as given; ``auto``
-    on CUDA and on CPUs with AMX bf16 tiles, where oneDNN's bf16 kernels beat fp32 (on other CPUs bf16 is
-    emulated and slower than fp32)."""
+    on CUDA and on CPUs with bf16 arithmetic in hardware -- AMX tiles (Intel Sapphire Rapids on) or
+    AVX512-BF16 dot products (AMD Zen 4 on, Intel Cooper Lake) -- where oneDNN's bf16 kernels beat fp32
+    by 1.5x (BENCHMARKS.md); on other CPUs bf16 is emulated and slower than fp32."""
     if precision != "auto":
         return precision == "bf16"
     if device.startswith("cuda"):
         return True
     import torch
 
-    # A private probe (torch.cpu has no public one); a torch without it gets the safe answer, fp32.
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(probe()) if probe is not None else False
+    # Private probes (torch.cpu has no public one); a torch without them gets the safe answer, fp32.
+    names = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    probes = [getattr(torch.cpu, name, None) for name in names]
+    return any(bool(probe()) for probe in probes if probe is not None)
 
 
 def compose_main(argv: list[str] | None = None) -> None:
