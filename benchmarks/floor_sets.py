@@ -21,24 +21,24 @@ import torch
 
 
 def floor_readings(features: np.ndarray, labels: np.ndarray, num_samples: int, draws: int, seed: int):
-    """FID of ``draws`` random and ``draws`` class-matched sets against the rest of ``features``."""
+    """FID of ``draws`` random and ``draws`` class-matched sets against the rest of ``features``: each
+    draw is ``fid_ref``'s first floor set of both kinds from a fresh permutation of the images."""
     from diffusion_curriculum.distances import feature_stats, frechet_distance
     from diffusion_curriculum.samplers import requested_classes
+    from diffusion_curriculum.stages.fid_ref import split_real_images
 
     rng = np.random.default_rng(seed)
     requested = requested_classes(num_samples, int(labels.max()) + 1)
     readings = {"random": [], "class_matched": []}
     for _ in range(draws):
-        random_rows = rng.choice(len(labels), num_samples, replace=False)
-        matched_rows = np.empty(num_samples, dtype=np.int64)
-        for c in np.unique(requested):
-            matched_rows[requested == c] = rng.choice(
-                np.flatnonzero(labels == c), int(np.sum(requested == c)), replace=False
+        pool = rng.permutation(len(labels))
+        for kind, plan in (("random", None), ("class_matched", requested)):
+            rows, rest = split_real_images(len(labels), num_samples, pool, labels=labels, requested=plan)[0]
+            if plan is not None and not np.array_equal(labels[rows], plan):
+                raise ValueError(f"too few images of some class for two class-matched sets of {num_samples}")
+            readings[kind].append(
+                frechet_distance(*feature_stats(features[rows]), *feature_stats(features[rest]))
             )
-        for kind, rows in (("random", random_rows), ("class_matched", matched_rows)):
-            rest = np.setdiff1d(np.arange(len(labels)), rows)
-            fid = frechet_distance(*feature_stats(features[rows]), *feature_stats(features[rest]))
-            readings[kind].append(fid)
     return {kind: np.asarray(values) for kind, values in readings.items()}
 
 
