@@ -200,6 +200,15 @@ def test_iterations_to_reach_errors_name_the_problem():
 # --------------------------------------------------------------------------------------------------
 
 
+def test_format_value_interval_rounds_like_the_rows_beside_it():
+    assert report.format_value_interval(5.287, 4.454, 6.12) == "5.29 [4.45, 6.12]"
+    assert report.format_value_interval(0.955, 0.9427, 0.9673) == "0.955 [0.943, 0.967]"
+    assert report.format_value_interval(-1.254, -1.441, -1.067) == "-1.25 [-1.44, -1.07]"
+    # No width (a single set) shows the value alone, never a false interval.
+    assert report.format_value_interval(8.123456, 8.123456, 8.123456) == "8.123"
+    assert report.format_value_interval(float("nan"), 1.0, 2.0) == "—"
+
+
 def test_format_mean_ci():
     assert report.format_mean_ci(12.3456, 0.4231) == "12.35 ± 0.42"
     assert report.format_mean_ci(123.4, 12.3) == "123 ± 12"

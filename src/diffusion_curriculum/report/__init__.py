@@ -77,6 +77,7 @@ from .stats import (
 from .tables import (
     detectable_table,
     format_mean_ci,
+    format_value_interval,
     markdown_table,
     reach_table,
     results_table,
@@ -108,6 +109,7 @@ __all__ = [
     "better_direction",
     "first_crossing",
     "format_mean_ci",
+    "format_value_interval",
     "iterations_to_reach",
     "markdown_table",
     "markdown_to_html",

@@ -19,6 +19,7 @@ from .stats import (
     low_noise_contrast,
     metric_label,
 )
+from .tables import format_mean_ci, format_value_interval
 
 # Fraction of the timesteps, from the low-noise end, compared with the rest in the KL finding.
 LOW_NOISE_FRACTION = 0.1
@@ -150,7 +151,7 @@ def separation(
         mean, half = float(row["mean"]), float(row["ci"])
         label = metric_label(metric)
         low, high = floor_interval.get(metric, (floor[metric], floor[metric]))
-        real = f"real data {floor[metric]:.4g} [{low:.4g}, {high:.4g}]"
+        real = f"real data {format_value_interval(floor[metric], low, high)}"
         if not math.isfinite(half):
             lines.append(f"- {label}: {baseline} {mean:.4g} (one seed, no interval), {real}.")
             continue
@@ -179,7 +180,7 @@ def separation(
                 )
             )
         lines.append(
-            f"- {label}: {baseline} {mean:.4g} ± {half:.2g} ({confidence:.0%} interval over seeds), "
+            f"- {label}: {baseline} {format_mean_ci(mean, half)} ({confidence:.0%} interval over seeds), "
             f"{real} ({confidence:.0%} interval over {floor_sets} disjoint sets of real images): {verdict}."
         )
     return lines

@@ -17,6 +17,7 @@ from .stats import better_direction, metric_label
 __all__ = [
     "detectable_table",
     "format_mean_ci",
+    "format_value_interval",
     "markdown_table",
     "results_table",
     "reach_table",
@@ -54,6 +55,21 @@ def format_mean_ci(
     sign = "+" if signed else ""
     text = f"{mean:{sign}.{decimals}f}"
     return f"{text} ± {half:.{decimals}f}" if has_ci else f"{text} ± n/a"
+
+
+def format_value_interval(value: float, low: float, high: float, *, significant: int = 2) -> str:
+    """``"5.29 [4.45, 6.12]"``: a value and its interval ``[low, high]``, all three rounded to the decimals
+    that show ``significant`` significant digits of the interval's half-width -- the same rule as
+    :func:`format_mean_ci`, so a reference row reads with the precision of the rows beside it.  A zero
+    or non-finite width falls back to four significant digits of the value."""
+    value, low, high = float(value), float(low), float(high)
+    if not math.isfinite(value):
+        return NA
+    half = (high - low) / 2
+    if not (math.isfinite(half) and half > 0):
+        return f"{value:.4g}"
+    decimals = _decimals(half, significant)
+    return f"{value:.{decimals}f} [{low:.{decimals}f}, {high:.{decimals}f}]"
 
 
 def _cell(value: object, floatfmt: str, na_rep: str) -> str:
@@ -155,10 +171,8 @@ def with_reference_row(
     for metric, value in values.items():
         column = metric_label(metric) + _arrow(metric)
         if column in table.columns and value is not None and math.isfinite(float(value)):
-            row[column] = f"{float(value):.4g}"
-            if intervals and metric in intervals:
-                low, high = intervals[metric]
-                row[column] += f" [{low:.4g}, {high:.4g}]"
+            low, high = intervals[metric] if intervals and metric in intervals else (value, value)
+            row[column] = format_value_interval(value, low, high)
     extra = pd.DataFrame([row], index=pd.Index([name], name=table.index.name))
     return pd.concat([table, extra]).astype(str)
 
