@@ -170,7 +170,7 @@ def with_reference_row(
     row = dict.fromkeys(table.columns, NA)
     for metric, value in values.items():
         column = metric_label(metric) + _arrow(metric)
-        if column in table.columns and value is not None and math.isfinite(float(value)):
+        if column in table.columns and value is not None:
             low, high = intervals[metric] if intervals and metric in intervals else (value, value)
             row[column] = format_value_interval(value, low, high)
     extra = pd.DataFrame([row], index=pd.Index([name], name=table.index.name))
